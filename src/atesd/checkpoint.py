@@ -1,0 +1,87 @@
+"""The run directory: resolved config, metric logs and atomic, exactly resumable checkpoints.
+
+Layout of `output_dir`:
+  config.yaml          the resolved configuration
+  metrics.jsonl        one line per optimizer step
+  exposure.jsonl       one line per exposure decision / controller update
+  checkpoints/step-000040/   accelerate state (model or adapter, optimizer, scheduler, RNG)
+                             + components.pt (teacher, exposure policy, loop counters)
+
+A checkpoint is written into a temporary directory and renamed into place, so a run killed at any
+moment leaves only complete checkpoints. Resuming truncates the logs to the checkpoint's step, so
+a resumed run's logs equal an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+_STEP_DIR = re.compile(r"^step-(\d{6,})$")
+
+
+class RunDir:
+    def __init__(self, path: str | Path, is_main: bool = True):
+        self.path = Path(path)
+        self.is_main = is_main
+        self.checkpoints = self.path / "checkpoints"
+        if is_main:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    # ---- logs -------------------------------------------------------------------------------
+    def append(self, name: str, record: dict) -> None:
+        if self.is_main:
+            with open(self.path / name, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def truncate_logs(self, step: int) -> None:
+        """Drop log lines of steps >= `step` (written after the checkpoint we resume from)."""
+        if not self.is_main:
+            return
+        for name in ("metrics.jsonl", "exposure.jsonl"):
+            file = self.path / name
+            if not file.exists():
+                continue
+            kept = [line for line in file.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", -1) < step]
+            tmp = file.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, file)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def latest(self) -> tuple[int, Path] | None:
+        found = [(int(m.group(1)), p) for p in self.checkpoints.glob("step-*")
+                 if (m := _STEP_DIR.match(p.name)) and (p / "components.pt").exists()]
+        return max(found) if found else None
+
+    def save(self, accelerator, step: int, components: dict, keep: int) -> Path:
+        """Write checkpoint `step` atomically: temporary directory, then rename."""
+        final = self.checkpoints / f"step-{step:06d}"
+        tmp = self.checkpoints / f".tmp-step-{step:06d}"
+        if accelerator.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        if accelerator.is_main_process:
+            torch.save(components, tmp / "components.pt")
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for _, old in sorted(self._complete())[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        return final
+
+    def _complete(self):
+        return [(int(m.group(1)), p) for p in self.checkpoints.glob("step-*") if (m := _STEP_DIR.match(p.name))]
+
+    @staticmethod
+    def load(accelerator, checkpoint: Path) -> dict:
+        """Restore accelerate state in place; return the saved components (weights_only load)."""
+        accelerator.load_state(str(checkpoint))
+        return torch.load(checkpoint / "components.pt", weights_only=True)

@@ -1,0 +1,232 @@
+"""The training configuration: nested dataclasses, YAML files and dotted overrides.
+
+Every field is documented once, here, and names the paper symbol it sets. `load_config` reads a
+YAML file into this schema with OmegaConf, applies `key=value` overrides, and rejects an unknown key
+with the closest valid one as a suggestion. Names are the same in YAML, on the command line, in
+metrics and in docs/algorithm.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from atesd.exposure.config import ExposureConfig
+from atesd.prompts import PromptConfig
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message says which key and why."""
+
+
+@dataclass
+class LoraConfig:
+    """LoRA through peft. OPSD: rank 64, alpha 128 on all attention and MLP projections."""
+
+    enabled: bool = False
+    rank: int = 64
+    alpha: int = 128
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class ModelConfig:
+    """The policy (student) model; the teacher is the same model (see TeacherConfig)."""
+
+    name_or_path: str = "???"  # hub id or local directory
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    trust_remote_code: bool = False  # off unless the user turns it on
+    gradient_checkpointing: bool = False
+    attn_implementation: Optional[str] = None  # e.g. sdpa, flash_attention_2; None: transformers' default
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class DataConfig:
+    """Training problems x with reference solutions y*."""
+
+    train: str = "???"  # a local JSONL/JSON/CSV/Parquet file or a hub dataset name
+    split: Optional[str] = None  # hub split (e.g. "train")
+    problem_column: str = "problem"
+    solution_column: str = "solution"
+    answer_column: Optional[str] = None  # None: the last \boxed{} of the solution
+    val: Optional[str] = None  # validation file, used by periodic evaluation
+    on_bad_row: str = "error"  # error | skip
+
+
+@dataclass
+class RolloutConfig:
+    """Sampling ŷ ~ p_S(·|x). OPSD: up to 1024 tokens, temperature 1.1, top-p 0.95, top-k 20."""
+
+    backend: str = "hf"  # hf | vllm
+    max_new_tokens: int = 1024
+    temperature: float = 1.1
+    top_p: float = 0.95
+    top_k: int = 20
+    num_generations: int = 1  # rollouts per prompt (GRPO's G; 1 for OPSD/ATESD)
+    batch_size: int = 64  # prompts per generation call (HF backend)
+
+
+@dataclass
+class LossConfig:
+    """The per-token objective D(p_T^α ‖ p_S) and its options (OPSD section 3)."""
+
+    objective: str = "distill"  # distill | sft | grpo
+    divergence: str = "forward_kl"  # forward_kl | reverse_kl | jsd | sampled_token
+    jsd_beta: float = 0.5  # β of generalised JSD: mixture β·p_T + (1−β)·p_S
+    token_clip: Optional[float] = None  # τ_clip: cap on each vocabulary entry's term (OPSD: 0.05)
+    temperature: float = 1.0  # both logits divided by it before the softmax (OPSD: 1.1)
+    top_k: Optional[int] = None  # restrict to the teacher's top-k support plus a tail bucket
+    chunk_size: int = 1024  # tokens per chunk of the memory-efficient divergence
+    skip_first_tokens: int = 0  # completion tokens excluded from the loss at the start
+
+
+@dataclass
+class TeacherConfig:
+    """Which weights play p_T. OPSD default: the frozen initial policy."""
+
+    kind: str = "frozen"  # frozen | live | ema
+    ema_decay: float = 0.99  # for kind=ema: θ_T ← d·θ_T + (1−d)·θ
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with warm-up then a constant or cosine learning rate. OPSD: lr 5e-6, grad clip 0.1."""
+
+    lr: float = 5e-6
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8  # AdamW ε
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | cosine
+    max_grad_norm: float = 0.1
+    grad_accum_steps: int = 1  # micro-batches per optimizer step on each process
+
+
+@dataclass
+class TrainConfig:
+    """One training run. `prompts_per_step` is the global batch: split across processes and
+    gradient-accumulation micro-batches, so results do not depend on how it is split."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    exposure: ExposureConfig = field(default_factory=ExposureConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    steps: int = 100  # optimizer steps T
+    prompts_per_step: int = 32  # global prompts per optimizer step
+    seed: int = 0
+    output_dir: str = "runs/default"
+    save_every: int = 50  # checkpoint every N steps (and at the end)
+    keep_checkpoints: int = 2  # most recent checkpoints kept on disk
+    max_bad_steps: int = 5  # stop after this many non-finite losses in a row
+    report_to: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb
+    progress: bool = True  # tqdm progress bar on the main process
+
+
+def valid_keys(schema: type = TrainConfig, prefix: str = "") -> list[str]:
+    """Every dotted key the schema accepts (e.g. "exposure.hold_steps")."""
+    keys = []
+    for f in dataclasses.fields(schema):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            keys.extend(valid_keys(type(default), f"{prefix}{f.name}."))
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _unknown_key_error(bad: str, source: str) -> ConfigError:
+    close = difflib.get_close_matches(bad, valid_keys(), n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"{source}: unknown config key '{bad}'{hint}")
+
+
+def _merge(base, other, source: str):
+    try:
+        return OmegaConf.merge(base, other)
+    except ConfigKeyError as err:
+        bad = getattr(err, "full_key", None) or str(err)
+        raise _unknown_key_error(str(bad), source) from None
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", "?")
+        raise ConfigError(f"{source}: invalid value for '{key}': {err.msg if hasattr(err, 'msg') else err}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Schema defaults ← YAML file ← `key=value` overrides, validated into a TrainConfig."""
+    conf = OmegaConf.structured(TrainConfig)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            file_conf = OmegaConf.load(path)
+        except Exception as err:  # yaml errors carry the line
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        conf = _merge(conf, file_conf, str(path))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected key=value")
+        conf = _merge(conf, OmegaConf.from_dotlist([item]), f"override '{item}'")
+    missing = sorted(OmegaConf.missing_keys(conf))
+    if missing:
+        raise ConfigError(f"missing required config value(s): {', '.join(missing)}")
+    try:
+        cfg = OmegaConf.to_object(conf)
+    except (ValueError, TypeError) as err:  # __post_init__ validation of a section
+        raise ConfigError(str(err)) from None
+    validate(cfg)
+    return cfg
+
+
+def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Checks that span fields; each message names the key and a remedy."""
+    _choice(cfg.model.dtype, ("float32", "bfloat16", "float16"), "model.dtype")
+    _choice(cfg.data.on_bad_row, ("error", "skip"), "data.on_bad_row")
+    _choice(cfg.rollout.backend, ("hf", "vllm"), "rollout.backend")
+    _choice(cfg.loss.objective, ("distill", "sft", "grpo"), "loss.objective")
+    _choice(cfg.loss.divergence, ("forward_kl", "reverse_kl", "jsd", "sampled_token"), "loss.divergence")
+    _choice(cfg.teacher.kind, ("frozen", "live", "ema"), "teacher.kind")
+    _choice(cfg.optim.schedule, ("constant", "cosine"), "optim.schedule")
+    if cfg.steps < 1:
+        raise ConfigError(f"steps must be >= 1, got {cfg.steps}")
+    if cfg.prompts_per_step < 1:
+        raise ConfigError(f"prompts_per_step must be >= 1, got {cfg.prompts_per_step}")
+    if cfg.optim.grad_accum_steps < 1:
+        raise ConfigError(f"optim.grad_accum_steps must be >= 1, got {cfg.optim.grad_accum_steps}")
+    if cfg.rollout.num_generations < 1:
+        raise ConfigError("rollout.num_generations must be >= 1")
+    if cfg.loss.objective == "grpo" and cfg.rollout.num_generations < 2:
+        raise ConfigError("loss.objective=grpo needs rollout.num_generations >= 2 (group-normalised advantages)")
+    if not 0 <= cfg.loss.jsd_beta <= 1:
+        raise ConfigError(f"loss.jsd_beta must be in [0, 1], got {cfg.loss.jsd_beta}")
+    if cfg.loss.token_clip is not None and cfg.loss.token_clip <= 0:
+        raise ConfigError("loss.token_clip must be positive (or null to disable the clip)")
+    if not 0 <= cfg.teacher.ema_decay < 1:
+        raise ConfigError("teacher.ema_decay must be in [0, 1)")
+    if cfg.save_every < 1:
+        raise ConfigError("save_every must be >= 1")
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (the run directory's config.yaml)."""
+    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))

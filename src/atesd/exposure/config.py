@@ -1,0 +1,153 @@
+"""Configuration of the exposure policy: how the reveal ratio α is chosen at each student step.
+
+One flat dataclass of plain types (str, float, int, bool, None) so that it can be embedded in the
+OmegaConf structured config; `__post_init__` checks every field once, and each error message says
+how to fix it. Field comments name the paper symbol (ATESD, arXiv 2605.11458, section "controller").
+
+Departures from the paper:
+  1. The paper only describes the learned controller; "fixed", "random" and "schedule" are the
+     baselines of its ablations (fixed α, uniformly random α) plus a linear curriculum of ours.
+  2. Every number marked "our choice" in the method notes is a field here (H, L, γ, λ_gt, B, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+POLICIES = ("fixed", "random", "schedule", "learned")
+RANDOM_DISTRIBUTIONS = ("uniform", "beta")
+REWARDS = ("discounted", "one_step")
+PROGRESS_SIGNALS = ("distill_loss", "probe_nll")
+
+
+@dataclass
+class ExposureConfig:
+    """How the reveal ratio α (the teacher's exposure to the reference) is chosen each step."""
+
+    # Which policy picks α: "fixed" (constant reveal_ratio), "random" (untrained, one draw per
+    # hold window), "schedule" (linear schedule_start → schedule_end), "learned" (ATESD controller).
+    policy: str = "fixed"
+    # α for policy="fixed". 1.0 is OPSD (full reference), 0.0 shows only the final answer.
+    reveal_ratio: float = 1.0
+    # policy="random": "uniform" draws α ~ U[ratio_min, ratio_max]; "beta" draws α_raw ~ Beta(a, b)
+    # and clips it to [ratio_min, ratio_max] (an untrained controller).
+    random_distribution: str = "uniform"
+    # Beta shape a of policy="random" with random_distribution="beta".
+    random_beta_a: float = 2.0
+    # Beta shape b of policy="random" with random_distribution="beta".
+    random_beta_b: float = 2.0
+    # policy="schedule": α at the first step (0-based step 0).
+    schedule_start: float = 0.25
+    # policy="schedule": α at the last step (step total_steps − 1).
+    schedule_end: float = 1.0
+    # α_min: lower clip of the sampled ratio (random and learned policies).
+    ratio_min: float = 0.05
+    # α_max: upper clip of the sampled ratio (random and learned policies).
+    ratio_max: float = 1.0
+    # H: one sampled α is used for this many consecutive student updates (random, learned).
+    hold_steps: int = 4
+    # L: lookahead of the discounted learning-progress reward, in student steps.
+    lookahead_steps: int = 8
+    # γ: discount of the lookahead reward.
+    discount: float = 0.9
+    # λ_gt: weight of the teacher-grounded return G_gt in R = G_lp + λ_gt·G_gt.
+    grounding_weight: float = 0.1
+    # "discounted": G_lp over L steps (paper). "one_step": the immediate change ℓ_{t0} − ℓ_{t0+1}
+    # and G_gt = g_{t0+1} (the paper's ablation row has grounding_weight=0 as well).
+    reward: str = "discounted"
+    # ℓ_t, the loss whose decrease is rewarded: "distill_loss" (paper) or "probe_nll" (does not
+    # depend on α, so the controller cannot earn reward by changing the loss it is scored on).
+    progress_signal: str = "distill_loss"
+    # B: completed decisions per controller update (REINFORCE batch).
+    decisions_per_update: int = 4
+    # Adam learning rate of the controller parameters φ.
+    policy_lr: float = 1e-3
+    # Width of the two hidden layers of the controller MLP f_φ.
+    hidden_size: int = 64
+    # Decay of the exponential moving averages in the state s: ema ← d·ema + (1 − d)·x.
+    ema_decay: float = 0.9
+    # H_target of the one-sided entropy penalty; None means the entropy of Beta(2, 2).
+    target_entropy: float | None = None
+    # c: coefficient of the entropy penalty c·max(0, H[π_φ] − H_target)².
+    entropy_coef: float = 0.1
+    # Number of held-out reference solutions whose student NLL is the probe NLL (training loop).
+    probe_size: int = 16
+    # Seed of the controller's initial weights and of every random α draw.
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("policy", self.policy, POLICIES)
+        _check_choice("random_distribution", self.random_distribution, RANDOM_DISTRIBUTIONS)
+        _check_choice("reward", self.reward, REWARDS)
+        _check_choice("progress_signal", self.progress_signal, PROGRESS_SIGNALS)
+        for name in ("reveal_ratio", "schedule_start", "schedule_end", "ratio_min", "ratio_max"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise ValueError(
+                    f"exposure.{name} must lie in [0, 1] (it is a fraction of the reference's "
+                    f"steps), got {value}"
+                )
+        if not self.ratio_min < self.ratio_max:
+            raise ValueError(
+                f"exposure.ratio_min ({self.ratio_min}) must be below exposure.ratio_max "
+                f"({self.ratio_max}); for a constant ratio use exposure.policy=fixed"
+            )
+        for name in ("random_beta_a", "random_beta_b"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0.0):
+                raise ValueError(
+                    f"exposure.{name} must be > 0 (a Beta shape), got {value}; try 2.0"
+                )
+        for name, default in (
+            ("hold_steps", 4),
+            ("lookahead_steps", 8),
+            ("hidden_size", 64),
+            ("probe_size", 16),
+        ):
+            if not _is_int_at_least(getattr(self, name), 1):
+                raise ValueError(
+                    f"exposure.{name} must be an integer >= 1, got {getattr(self, name)!r}; "
+                    f"try {default}"
+                )
+        if not _is_int_at_least(self.decisions_per_update, 2):
+            raise ValueError(
+                f"exposure.decisions_per_update must be an integer >= 2, got "
+                f"{self.decisions_per_update!r}: advantages are normalised within the batch of B "
+                "decisions, so B=1 gives zero advantage and the controller never learns; try 4"
+            )
+        if not (math.isfinite(self.discount) and 0.0 < self.discount <= 1.0):
+            raise ValueError(f"exposure.discount must lie in (0, 1], got {self.discount}; try 0.9")
+        if not (math.isfinite(self.grounding_weight) and self.grounding_weight >= 0.0):
+            raise ValueError(
+                f"exposure.grounding_weight must be >= 0, got {self.grounding_weight}; "
+                "0 removes G_gt from the reward, 0.1 is the default"
+            )
+        if not (math.isfinite(self.policy_lr) and self.policy_lr > 0.0):
+            raise ValueError(f"exposure.policy_lr must be > 0, got {self.policy_lr}; try 1e-3")
+        if not (math.isfinite(self.ema_decay) and 0.0 <= self.ema_decay < 1.0):
+            raise ValueError(
+                f"exposure.ema_decay must lie in [0, 1), got {self.ema_decay}; try 0.9"
+            )
+        if self.target_entropy is not None and not math.isfinite(self.target_entropy):
+            raise ValueError(
+                f"exposure.target_entropy must be finite or null, got {self.target_entropy}; "
+                "null uses the entropy of Beta(2, 2)"
+            )
+        if not (math.isfinite(self.entropy_coef) and self.entropy_coef >= 0.0):
+            raise ValueError(
+                f"exposure.entropy_coef must be >= 0, got {self.entropy_coef}; try 0.1"
+            )
+        if not _is_int_at_least(self.seed, 0):
+            raise ValueError(f"exposure.seed must be an integer >= 0, got {self.seed!r}")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(
+            f"exposure.{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}"
+        )
+
+
+def _is_int_at_least(value: object, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum

@@ -1,0 +1,118 @@
+"""What an exposure policy decided and when: the decision record and the call-order guard.
+
+Every policy holds one `ExposureDecision` at a time: the reveal ratio α chosen at `step` for the
+hold window `window`. `StepClock` enforces the per-step calling protocol shared by all policies:
+
+    ratio_for_step(t)  →  (the loop trains step t with that α)  →  observe(t, signals)
+
+for t = t_first, t_first+1, … with no step skipped. `ratio_for_step(t)` may be repeated before
+`observe(t)` and returns the same α. A policy built fresh may start at any step; a policy loaded
+from a `state_dict` continues at the step after the last one observed.
+
+No departure from the paper: this is bookkeeping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from atesd.exposure.state import FEATURE_NAMES
+
+
+@dataclass(frozen=True)
+class ExposureDecision:
+    """One choice of α, used from `step` until the policy's window changes.
+
+    sampled_ratio is α_raw (the learned and Beta-random policies sample it, then clip);
+    used_ratio is the α the loop trains with. state, beta_a, beta_b are set by the learned policy
+    only: the state vector s [N_FEATURES] it saw and the Beta(a, b) it sampled from.
+    """
+
+    step: int
+    window: int
+    sampled_ratio: float
+    used_ratio: float
+    state: tuple[float, ...] = ()
+    beta_a: float | None = None
+    beta_b: float | None = None
+
+    def record(self) -> dict:
+        """The `exposure.jsonl` line for this decision (event "decision")."""
+        record: dict = {
+            "event": "decision",
+            "step": self.step,
+            "decision_step": self.step,
+            "sampled_ratio": self.sampled_ratio,
+            "used_ratio": self.used_ratio,
+        }
+        if self.beta_a is not None and self.beta_b is not None:
+            record["state"] = dict(zip(FEATURE_NAMES, self.state))
+            record["beta_a"] = self.beta_a
+            record["beta_b"] = self.beta_b
+            record["beta_mean"] = self.beta_a / (self.beta_a + self.beta_b)
+        return record
+
+    def to_state(self) -> dict:
+        return {
+            "step": self.step,
+            "window": self.window,
+            "sampled_ratio": self.sampled_ratio,
+            "used_ratio": self.used_ratio,
+            "state": list(self.state),
+            "beta_a": self.beta_a,
+            "beta_b": self.beta_b,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> ExposureDecision:
+        return cls(
+            step=int(state["step"]),
+            window=int(state["window"]),
+            sampled_ratio=float(state["sampled_ratio"]),
+            used_ratio=float(state["used_ratio"]),
+            state=tuple(float(x) for x in state["state"]),
+            beta_a=None if state["beta_a"] is None else float(state["beta_a"]),
+            beta_b=None if state["beta_b"] is None else float(state["beta_b"]),
+        )
+
+
+class StepClock:
+    """Guards the order ratio_for_step(t) → observe(t) → ratio_for_step(t+1) → …"""
+
+    def __init__(self) -> None:
+        self.decided: int | None = None  # the last step passed to ratio_for_step
+        self.observed: int | None = None  # the last step passed to observe
+
+    def begin(self, step: int) -> bool:
+        """Enter step t in ratio_for_step; False when t was already entered and not yet observed."""
+        if self.decided is not None and self.decided != self.observed:
+            if step == self.decided:
+                return False
+            raise RuntimeError(
+                f"ratio_for_step({step}) called before observe({self.decided}, signals): "
+                f"call observe once per step, right after the student update of step {self.decided}"
+            )
+        if step < 0 or (self.observed is not None and step != self.observed + 1):
+            expected = 0 if self.observed is None else self.observed + 1
+            raise RuntimeError(
+                f"ratio_for_step({step}) out of order: the next step is {expected}. Steps must be "
+                "consecutive; after a resume, load the policy's state_dict from the same checkpoint"
+            )
+        self.decided = step
+        return True
+
+    def end(self, step: int) -> None:
+        """Leave step t in observe; t must be the step last entered by ratio_for_step."""
+        if self.decided is None or step != self.decided or self.observed == step:
+            raise RuntimeError(
+                f"observe({step}) without a matching ratio_for_step({step}): call "
+                "ratio_for_step(t) before training step t, and observe(t, signals) once after it"
+            )
+        self.observed = step
+
+    def state_dict(self) -> dict:
+        return {"decided": self.decided, "observed": self.observed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decided = state["decided"]
+        self.observed = state["observed"]

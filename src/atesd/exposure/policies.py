@@ -1,0 +1,186 @@
+"""Exposure policies: the one interface, the three baselines, and the one place a policy is chosen.
+
+`ExposurePolicy` is what the training loop talks to. Per student step t (0-based), on rank 0:
+
+    ratio = policy.ratio_for_step(t)        # before step t's rollouts; broadcast to all ranks
+    ... rollouts, teacher at ratio, loss, student update ...
+    records = policy.observe(t, signals)    # signals measured at step t (None if the step was
+                                            # skipped); append records to exposure.jsonl
+    policy.state_dict() / load_state_dict() # with the rest of the checkpoint, after observe
+
+Policies:
+    FixedExposure     α = reveal_ratio at every step (OPSD is reveal_ratio = 1).
+    RandomExposure    one untrained draw per hold window of H steps: U[α_min, α_max], or
+                      clip(Beta(a, b), α_min, α_max); the draw of window w is seeded by (seed, w).
+    ScheduleExposure  α_t = start + (end − start) · t/(T − 1), linear over the T steps.
+    LearnedExposure   the ATESD controller (`atesd.exposure.learned`).
+
+Departures from the paper:
+  1. The paper's baselines are a fixed α and a "uniformly random" α; we draw the random α once per
+     hold window (like the controller) and within [α_min, α_max]. The schedule is ours.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Protocol, runtime_checkable
+
+from atesd.exposure.config import ExposureConfig
+from atesd.exposure.decision import ExposureDecision, StepClock
+from atesd.exposure.learned import LearnedExposure
+from atesd.exposure.state import TrainingSignals
+
+
+@runtime_checkable
+class ExposurePolicy(Protocol):
+    """Chooses the reveal ratio α for each student step; see the module docstring for the protocol.
+
+    Attributes tell the loop which optional signals to measure every step:
+    needs_grounding_score (g_t, teacher log-prob of the withheld reference) and needs_probe_nll.
+    """
+
+    kind: str
+    needs_grounding_score: bool
+    needs_probe_nll: bool
+
+    def ratio_for_step(self, step: int) -> float:
+        """α ∈ [0, 1] for student step t; called on rank 0 only, the loop broadcasts it.
+
+        Repeating the call for the same t before observe(t) returns the same α.
+        """
+        ...
+
+    def observe(self, step: int, signals: TrainingSignals | None) -> list[dict]:
+        """Fold in what step t measured; return that step's exposure.jsonl records (plain dicts).
+
+        Call it for every step, with signals=None when the step measured nothing usable (a skipped
+        non-finite update): steps must stay consecutive.
+        """
+        ...
+
+    def state_dict(self) -> dict:
+        """A deep copy of all that exact resumption needs; torch.save(weights_only=True)-able."""
+        ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class _HeldRatioPolicy:
+    """Shared mechanics of the untrained policies: a decision per window, a record per decision."""
+
+    kind = ""
+    needs_grounding_score = False
+    needs_probe_nll = False
+
+    def __init__(self) -> None:
+        self._clock = StepClock()
+        self._current: ExposureDecision | None = None
+
+    def _window(self, step: int) -> int:
+        raise NotImplementedError
+
+    def _choose(self, step: int, window: int) -> tuple[float, float]:
+        """(sampled_ratio, used_ratio) for the window starting at step t."""
+        raise NotImplementedError
+
+    def ratio_for_step(self, step: int) -> float:
+        if self._clock.begin(step):
+            window = self._window(step)
+            if self._current is None or self._current.window != window:
+                sampled, used = self._choose(step, window)
+                self._current = ExposureDecision(step, window, sampled, used)
+        return self._current.used_ratio
+
+    def observe(self, step: int, signals: TrainingSignals | None) -> list[dict]:
+        self._clock.end(step)
+        return [self._current.record()] if self._current.step == step else []
+
+    def state_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "clock": self._clock.state_dict(),
+            "current": None if self._current is None else self._current.to_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("kind") != self.kind:
+            raise ValueError(
+                f"this checkpoint holds a {state.get('kind')!r} exposure policy, not "
+                f"{self.kind!r}: resume with the exposure.policy the run was started with"
+            )
+        self._clock.load_state_dict(state["clock"])
+        current = state["current"]
+        self._current = None if current is None else ExposureDecision.from_state(current)
+
+
+class FixedExposure(_HeldRatioPolicy):
+    """α = reveal_ratio at every step; one decision record, at the first step."""
+
+    kind = "fixed"
+
+    def __init__(self, reveal_ratio: float) -> None:
+        super().__init__()
+        self.reveal_ratio = reveal_ratio
+
+    def _window(self, step: int) -> int:
+        return 0
+
+    def _choose(self, step: int, window: int) -> tuple[float, float]:
+        return self.reveal_ratio, self.reveal_ratio
+
+
+class RandomExposure(_HeldRatioPolicy):
+    """An untrained draw per hold window: U[α_min, α_max] or clip(Beta(a, b), α_min, α_max).
+
+    The draw of window w = t // H depends only on (seed, w), so a resumed run draws the same α.
+    """
+
+    kind = "random"
+
+    def __init__(self, cfg: ExposureConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def _window(self, step: int) -> int:
+        return step // self.cfg.hold_steps
+
+    def _choose(self, step: int, window: int) -> tuple[float, float]:
+        rng = random.Random(f"atesd.exposure.random:{self.cfg.seed}:{window}")
+        if self.cfg.random_distribution == "uniform":
+            sampled = rng.uniform(self.cfg.ratio_min, self.cfg.ratio_max)
+        else:
+            sampled = rng.betavariate(self.cfg.random_beta_a, self.cfg.random_beta_b)
+        return sampled, min(self.cfg.ratio_max, max(self.cfg.ratio_min, sampled))
+
+
+class ScheduleExposure(_HeldRatioPolicy):
+    """α_t = start + (end − start) · min(1, t/(T − 1)): start at step 0, end at step T − 1."""
+
+    kind = "schedule"
+
+    def __init__(self, start: float, end: float, total_steps: int) -> None:
+        super().__init__()
+        self.start = start
+        self.end = end
+        self.total_steps = total_steps
+
+    def _window(self, step: int) -> int:
+        return step
+
+    def _choose(self, step: int, window: int) -> tuple[float, float]:
+        fraction = min(1.0, step / max(1, self.total_steps - 1))
+        ratio = self.start + (self.end - self.start) * fraction
+        return ratio, ratio
+
+
+def make_exposure_policy(cfg: ExposureConfig, total_steps: int) -> ExposurePolicy:
+    """Build the policy named by cfg.policy for a run of total_steps student steps (T)."""
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    if cfg.policy == "fixed":
+        return FixedExposure(cfg.reveal_ratio)
+    if cfg.policy == "random":
+        return RandomExposure(cfg)
+    if cfg.policy == "schedule":
+        return ScheduleExposure(cfg.schedule_start, cfg.schedule_end, total_steps)
+    return LearnedExposure(cfg, total_steps)

@@ -1,0 +1,57 @@
+"""Loading the policy model and its tokenizer: a hub id or a local directory, a dtype, LoRA or full
+fine-tuning, gradient checkpointing.
+
+Weights load through `from_pretrained` (safetensors); `trust_remote_code` stays off unless the
+config turns it on. Nothing here reaches the network unless the user names a hub model.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from atesd.config import ModelConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_tokenizer(cfg: ModelConfig):
+    tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path, trust_remote_code=cfg.trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(cfg: ModelConfig, trainable: bool = True):
+    """The causal LM, with a LoRA adapter when `cfg.lora.enabled` and `trainable`."""
+    kwargs = {"dtype": DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **kwargs)
+    if not trainable:
+        return model.eval().requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if cfg.lora.enabled:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+
+        peft_cfg = PeftLoraConfig(
+            r=cfg.lora.rank,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=list(cfg.lora.target_modules),
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, peft_cfg)
+    return model
+
+
+def is_lora(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def output_head(model) -> torch.nn.Module:
+    """The lm_head projecting final hidden states to vocabulary logits."""
+    return model.get_output_embeddings()

@@ -1,0 +1,322 @@
+"""atesd.data: every file format, every validation rule, and the messages a user has to act on."""
+
+import csv
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from atesd.data import (
+    BadRow,
+    DataError,
+    Problem,
+    load_problems,
+    load_problems_with_report,
+    write_problems,
+)
+
+GOOD_SOLUTION = "Add the numbers: $1 + 1 = 2$.\n\nThe answer is $\\boxed{2}$."
+
+PROBLEMS = [
+    Problem("p1", "What is $1 + 1$?", GOOD_SOLUTION, "2", difficulty=1, source="toy"),
+    Problem("p2", "Halve 1.", "Half of 1 is $\\frac{1}{2}$.\n\nSo $\\boxed{\\frac{1}{2}}$.", "\\frac{1}{2}"),
+    Problem("p3", "Ünïcödé: what is $2 \\cdot 3$?", "We get $\\boxed{6}$. Done.", "6", difficulty=5),
+]
+
+
+def _jsonl(path, rows):
+    """Write rows (dicts, or raw str/bytes lines) one per line; return the path."""
+    with open(path, "wb") as handle:
+        for row in rows:
+            if isinstance(row, dict):
+                row = json.dumps(row)
+            handle.write((row.encode() if isinstance(row, str) else row) + b"\n")
+    return path
+
+
+def _row(**overrides):
+    row = {"problem": "What is $1 + 1$?", "solution": GOOD_SOLUTION}
+    row.update(overrides)
+    return {key: value for key, value in row.items() if value is not ...}
+
+
+# --- formats ----------------------------------------------------------------------------------
+
+
+def test_write_then_load_jsonl_round_trips_every_field(tmp_path):
+    path = tmp_path / "out" / "train.jsonl"
+    write_problems(path, PROBLEMS)
+    assert load_problems(path) == PROBLEMS
+    assert [p.name for p in path.parent.iterdir()] == ["train.jsonl"]  # no temporary left behind
+
+
+def test_write_problems_replaces_atomically_and_keeps_the_old_file_on_error(tmp_path):
+    path = tmp_path / "train.jsonl"
+    write_problems(path, PROBLEMS)
+    with pytest.raises(TypeError, match="Problem"):
+        write_problems(path, [PROBLEMS[0], {"id": "not a Problem"}])
+    assert load_problems(path) == PROBLEMS
+    write_problems(path, PROBLEMS[:1])
+    assert load_problems(path) == PROBLEMS[:1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.jsonl"]
+
+
+def test_csv_round_trip_with_a_multi_line_cell(tmp_path):
+    path = tmp_path / "train.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "problem", "solution", "answer", "difficulty", "source"])
+        for p in PROBLEMS:
+            writer.writerow([p.id, p.problem, p.solution, p.answer, p.difficulty or "", p.source or ""])
+    assert load_problems(str(path)) == PROBLEMS
+
+
+def test_parquet_round_trip(tmp_path):
+    path = tmp_path / "train.parquet"
+    rows = [{name: getattr(p, name) for name in Problem.__dataclass_fields__} for p in PROBLEMS]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    assert load_problems(path) == PROBLEMS
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_json_file_holds_a_list_or_a_data_key(tmp_path, wrapped):
+    rows = [_row(id="a"), _row(id="b", answer=2)]
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"data": rows} if wrapped else rows))
+    assert [(p.id, p.answer) for p in load_problems(path)] == [("a", "2"), ("b", "2")]
+
+
+def test_json_file_with_another_top_level_shape_is_rejected(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"rows": []}))
+    with pytest.raises(DataError, match=r"train\.json: expected a JSON list"):
+        load_problems(path)
+
+
+def test_json_file_bad_element_is_named_by_row(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps([_row(id="a"), _row(id="b", solution="no box")]))
+    with pytest.raises(DataError, match=r"train\.json:row 2: field 'solution': no \\boxed\{\} final answer"):
+        load_problems(path)
+
+
+# --- derived fields and column mapping --------------------------------------------------------
+
+
+def test_answer_is_derived_from_the_last_box_when_there_is_no_answer_column(tmp_path):
+    path = _jsonl(tmp_path / "t.jsonl", [_row(solution="Maybe $\\boxed{3}$? No: it is $\\boxed{\\frac{1}{2}}$.")])
+    assert load_problems(path)[0].answer == "\\frac{1}{2}"
+
+
+def test_given_answer_wins_over_the_box_and_may_be_an_integer(tmp_path):
+    path = _jsonl(tmp_path / "t.jsonl", [_row(id="a", answer="0.5"), _row(id="b", answer=204)])
+    assert [p.answer for p in load_problems(path)] == ["0.5", "204"]
+
+
+def test_missing_ids_are_derived_from_file_stem_and_record_index(tmp_path):
+    path = _jsonl(tmp_path / "aime.jsonl", [_row(), "", _row(id=7), _row()])
+    assert [p.id for p in load_problems(path)] == ["aime-0", "7", "aime-2"]
+
+
+def test_column_mapping_reads_other_column_names(tmp_path):
+    path = tmp_path / "gsm.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["uid", "question", "worked", "level"])
+        writer.writerow(["q1", "What is $1+1$?", GOOD_SOLUTION, "Level 3"])
+    mapping = {"id": "uid", "problem": "question", "solution": "worked", "difficulty": "level"}
+    expected = Problem("q1", "What is $1+1$?", GOOD_SOLUTION, "2", difficulty=3)
+    assert load_problems(path, columns=mapping) == [expected]
+
+
+def test_mapped_column_absent_from_a_csv_header_fails_once_for_the_file(tmp_path):
+    path = tmp_path / "gsm.csv"
+    path.write_text("question,solution\nq,s\n")
+    expected = (
+        r"gsm\.csv: column 'prompt' \(for field 'problem'\) not found; "
+        r"available columns: question, solution"
+    )
+    with pytest.raises(DataError, match=expected):
+        load_problems(path, columns={"problem": "prompt"}, on_bad_row="skip")
+
+
+def test_parquet_without_the_required_columns_names_what_is_there(tmp_path):
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.Table.from_pylist([{"question": "q", "solution": GOOD_SOLUTION}]), path)
+    expected = r"column 'problem' \(for field 'problem'\) not found; available columns: question"
+    with pytest.raises(DataError, match=expected):
+        load_problems(path)
+    assert load_problems(path, columns={"problem": "question"})[0].problem == "q"
+
+
+# --- validation: all bad rows at once ---------------------------------------------------------
+
+
+def _mixed_file(tmp_path):
+    """Good rows at lines 1, 3 and 10; one kind of bad row on each other line (line 2 blank)."""
+    return _jsonl(
+        tmp_path / "train.jsonl",
+        [
+            _row(id="a"),                                   # 1 good
+            "",                                             # 2 blank, ignored
+            _row(id="b"),                                   # 3 good
+            '{"id": "c", "problem": "x", "solution": ',     # 4 invalid JSON
+            _row(id="d", solution="We get 2."),             # 5 no box
+            _row(id="e", problem="   "),                    # 6 empty problem
+            _row(id="f", solution=...),                     # 7 missing solution
+            _row(id="a"),                                   # 8 duplicate id
+            b'{"id": "g", "problem": "caf\xe9", "solution": "\\\\boxed{1}"}',  # 9 Latin-1 byte
+            _row(id="h", difficulty=0),                     # 10 bad difficulty
+            _row(id="i", problem=["not", "text"]),          # 11 wrong type
+            _row(id="j"),                                   # 12 good
+        ],
+    )
+
+
+def test_error_mode_lists_every_bad_row_with_file_line_and_field(tmp_path):
+    path = _mixed_file(tmp_path)
+    with pytest.raises(DataError) as caught:
+        load_problems(str(path))
+    label = str(path)
+    lines = str(caught.value).splitlines()
+    assert lines[0].startswith(f"{label}: 8 bad row(s)")
+    assert lines[1:] == [
+        f"{label}:4: invalid JSON: Expecting value (column 41)",
+        f"{label}:5: field 'solution': no \\boxed{{}} final answer",
+        f"{label}:6: field 'problem': is empty",
+        f"{label}:7: field 'solution': missing (looked for column 'solution')",
+        f"{label}:8: field 'id': duplicate id 'a' (first at {label}:1)",
+        f"{label}:9: invalid UTF-8 at byte 28 of the line",
+        f"{label}:10: field 'difficulty': must be an integer >= 1, got 0",
+        f"{label}:11: field 'problem': must be a string, got list ['not', 'text']",
+    ]
+    assert len(caught.value.bad_rows) == 8
+    assert all(isinstance(bad, BadRow) for bad in caught.value.bad_rows)
+
+
+def test_skip_mode_keeps_good_rows_and_reports_a_count_per_reason(tmp_path, caplog):
+    path = _mixed_file(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="atesd.data"):
+        report = load_problems_with_report(path, on_bad_row="skip")
+    assert [p.id for p in report.problems] == ["a", "b", "j"]
+    assert report.skipped_rows == 8
+    assert report.skipped_by_reason == {
+        "invalid JSON": 1,
+        "no boxed answer": 1,
+        "empty": 1,
+        "missing": 1,
+        "duplicate id": 1,
+        "invalid UTF-8": 1,
+        "invalid difficulty": 1,
+        "wrong type": 1,
+    }
+    assert "skipped 8 bad row(s)" in caplog.text and "1 invalid JSON" in caplog.text
+    assert load_problems(path, on_bad_row="skip") == list(report.problems)
+
+
+def test_a_row_with_two_bad_fields_gets_one_line_per_field(tmp_path):
+    path = _jsonl(tmp_path / "t.jsonl", [_row(problem="", solution="no box")])
+    with pytest.raises(DataError) as caught:
+        load_problems(path)
+    assert [(bad.location, bad.field) for bad in caught.value.bad_rows] == [
+        (f"{path}:1", "problem"),
+        (f"{path}:1", "solution"),
+    ]
+    assert load_problems_with_report(path, on_bad_row="skip").skipped_rows == 1
+
+
+def test_csv_bad_rows_are_named_by_the_file_line_where_they_start(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes(
+        b"problem,solution\n"                              # 1 header
+        b'"two\nline problem","\\boxed{1}"\n'              # 2-3 good
+        b'"p","no box"\n'                                  # 4
+        b'"caf\xe9","\\boxed{1}"\n'                        # 5 invalid UTF-8
+        b'"p","\\boxed{1}","extra"\n'                      # 6 too many cells
+    )
+    with pytest.raises(DataError) as caught:
+        load_problems(path)
+    assert str(caught.value).splitlines()[1:] == [
+        f"{path}:4: field 'solution': no \\boxed{{}} final answer",
+        f"{path}:5: invalid UTF-8",
+        f"{path}:6: 3 cells but the header has 2",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("difficulty", "expected"),
+    [(3, 3), ("4", 4), ("Level 5", 5), ("level2", 2), (None, None), ("", None)],
+)
+def test_difficulty_accepts_integers_digit_strings_and_math_levels(tmp_path, difficulty, expected):
+    path = _jsonl(tmp_path / "t.jsonl", [_row(difficulty=difficulty)])
+    assert load_problems(path)[0].difficulty == expected
+
+
+@pytest.mark.parametrize("difficulty", [0, -1, True, 2.5, "hard", "Level ?"])
+def test_difficulty_must_be_an_integer_of_at_least_one(tmp_path, difficulty):
+    path = _jsonl(tmp_path / "t.jsonl", [_row(difficulty=difficulty)])
+    with pytest.raises(DataError, match=r"t\.jsonl:1: field 'difficulty'"):
+        load_problems(path)
+
+
+def test_an_empty_box_is_not_a_final_answer(tmp_path):
+    path = _jsonl(tmp_path / "t.jsonl", [_row(solution="So $\\boxed{}$.")])
+    with pytest.raises(DataError, match=r"t\.jsonl:1: field 'solution': the last \\boxed\{\} is empty"):
+        load_problems(path)
+
+
+# --- whole-source errors and arguments --------------------------------------------------------
+
+
+def test_missing_file_is_a_data_error_naming_it(tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(DataError, match=rf"{missing}: file not found"):
+        load_problems(missing)
+    with pytest.raises(DataError, match=r"data/absent\.csv: file not found"):
+        load_problems("data/absent.csv")
+
+
+def test_unsupported_suffix_directory_and_empty_file_are_data_errors(tmp_path):
+    (tmp_path / "x.txt").write_text("hello")
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    with pytest.raises(DataError, match="unsupported file type '.txt'"):
+        load_problems(tmp_path / "x.txt")
+    with pytest.raises(DataError, match="is a directory"):
+        load_problems(tmp_path)
+    with pytest.raises(DataError, match=r"empty\.jsonl: no rows"):
+        load_problems(tmp_path / "empty.jsonl")
+
+
+def test_invalid_arguments_raise_value_error(tmp_path):
+    path = _jsonl(tmp_path / "t.jsonl", [_row()])
+    with pytest.raises(ValueError, match="on_bad_row"):
+        load_problems(path, on_bad_row="ignore")
+    with pytest.raises(ValueError, match="unknown field"):
+        load_problems(path, columns={"question": "problem"})
+    with pytest.raises(ValueError, match="hub datasets only"):
+        load_problems(path, split="train")
+
+
+def test_data_error_is_a_value_error():
+    assert issubclass(DataError, ValueError)
+
+
+def test_hub_name_offline_gives_a_data_error_naming_the_source(tmp_path):
+    # A subprocess, so that HF_HUB_OFFLINE is read fresh by huggingface_hub at import time.
+    script = (
+        "from atesd.data import DataError, load_problems\n"
+        "try:\n"
+        "    load_problems('atesd-test-org/no-such-dataset', split='train')\n"
+        "except DataError as error:\n"
+        "    print('DataError:', error)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("DataError: atesd-test-org/no-such-dataset: not a local file")
+    assert "split 'train'" in done.stdout

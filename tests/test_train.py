@@ -1,0 +1,146 @@
+"""The training loop end to end on a tiny random model: run directory, exact resume after SIGKILL,
+gradient-accumulation invariance, two processes under accelerate, non-finite steps."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from atesd.config import load_config
+from atesd.data import write_problems
+from atesd.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+TIMING_KEYS = ("timing/", "train/tokens_per_s")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_model_dir):
+    from atesd.toy.task import toy_problems
+
+    root = tmp_path_factory.mktemp("train-world")
+    write_problems(root / "train.jsonl", toy_problems(40, seed=3, split="train"))
+    return root, tiny_model_dir
+
+
+def _config(world, out, steps=3, extra=""):
+    root, model = world
+    path = Path(out).with_suffix(".yaml")
+    path.write_text(
+        f"model:\n  name_or_path: {model}\ndata:\n  train: {root / 'train.jsonl'}\n"
+        "rollout:\n  max_new_tokens: 12\n  temperature: 1.0\n  top_p: 1.0\n  top_k: 0\n"
+        f"optim:\n  lr: 0.01\n  max_grad_norm: 1.0\nsteps: {steps}\nprompts_per_step: 4\n"
+        f"save_every: 1\nprogress: false\noutput_dir: {out}\n{extra}"
+    )
+    return path
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _metrics(run):
+    lines = (Path(run) / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(l).items() if not k.startswith(TIMING_KEYS)} for l in lines]
+
+
+def test_opsd_run_writes_config_metrics_checkpoints_and_final_model(world, tmp_path):
+    out = tmp_path / "run"
+    result = train(load_config(_config(world, out)))
+    assert (out / "config.yaml").exists() and (out / "final" / "model.safetensors").exists()
+    metrics = _metrics(out)
+    assert [m["step"] for m in metrics] == [0, 1, 2]
+    for key in ("train/loss", "train/divergence_mean", "train/divergence_p95", "train/divergence_p99",
+                "train/top1_disagreement", "train/clip_fraction", "train/student_entropy",
+                "train/teacher_entropy", "rollout/completion_length", "exposure/reveal_ratio",
+                "train/divergence_correct", "train/divergence_incorrect", "rollout/accuracy"):
+        assert key in metrics[0], key
+    assert all(m["exposure/reveal_ratio"] == 1.0 for m in metrics)
+    assert result.reveal_ratios == [1.0, 1.0, 1.0]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
+
+
+def test_killed_run_resumes_to_bitwise_identical_weights_and_metrics(world, tmp_path):
+    full = tmp_path / "full"
+    cmd = [sys.executable, "-m", "atesd.cli", "train", "--config"]
+    subprocess.run(cmd + [str(_config(world, full, steps=5))], check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    config = _config(world, killed, steps=5)
+    proc = subprocess.Popen(cmd + [str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        done = (killed / "checkpoints").exists() and any((killed / "checkpoints").glob("step-000002"))
+        if done or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final").exists(), "the run finished before it could be killed"
+    subprocess.run(cmd + [str(config), "--resume"], check=True, capture_output=True)
+
+    a, b = load_file(full / "final" / "model.safetensors"), load_file(killed / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert _metrics(full) == _metrics(killed)
+
+
+def test_gradient_accumulation_gives_the_same_update_as_one_batch(world, tmp_path):
+    # A large Adam ε makes the first update proportional to the gradient (not its sign), so the
+    # comparison sees gradient differences instead of amplifying float noise near zero.
+    same = ["optim.eps=1.0", "optim.max_grad_norm=1e9"]
+    one = train(load_config(_config(world, tmp_path / "one", steps=1), same + ["optim.grad_accum_steps=1"]))
+    two = train(load_config(_config(world, tmp_path / "two", steps=1), same + ["optim.grad_accum_steps=2"]))
+    for (name, p), q in zip(one.model.named_parameters(), two.model.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_non_finite_losses_are_skipped_then_the_run_stops(world, tmp_path, monkeypatch):
+    from atesd import objectives
+
+    real = objectives.Distill.loss
+
+    def poisoned(self, *args, **kwargs):
+        loss, stats = real(self, *args, **kwargs)
+        return loss * float("nan"), stats
+
+    monkeypatch.setattr(objectives.Distill, "loss", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(FloatingPointError, match="2 steps in a row"):
+        train(load_config(_config(world, out, steps=5), ["max_bad_steps=2"]))
+    metrics = _metrics(out)
+    assert [m["train/skipped"] for m in metrics] == [True, True]
+
+
+@pytest.mark.slow
+def test_two_processes_share_reveal_ratios_and_end_with_identical_weights(world, tmp_path):
+    out = tmp_path / "dist"
+    config = _config(world, out, steps=3, extra="exposure:\n  policy: random\n  hold_steps: 1\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        # torchrun: on CPU, `accelerate launch` starts several processes only through MPI; the
+        # Accelerator reads torchrun's environment and sets up gloo the same way.
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+         str(REPO / "tests" / "scripts" / "dist_train.py"), str(config), str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, "\n".join(l for l in proc.stderr.splitlines() if "Warning" not in l)[-6000:]
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert r0["ratios"] == r1["ratios"] and len(set(r0["ratios"])) > 1
+    assert r0["weights"] == r1["weights"]
+    # the ranks trained on different prompts, so equal weights mean the gradients were averaged
+    single = train(load_config(_config(world, tmp_path / "single", steps=3, extra="exposure:\n  policy: random\n  hold_steps: 1\n")))
+    assert r0["ratios"] == single.reveal_ratios

@@ -1,0 +1,85 @@
+"""build_toy_world: deterministic, cached, atomic, and usable on any problem file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from atesd.data import Problem, load_problems, write_problems
+from atesd.toy import build
+from atesd.toy.build import ToyWorldConfig, build_toy_world, world_splits
+from atesd.toy.warmstart import WarmStartConfig
+
+TINY = ToyWorldConfig(preset="toy-test", n_train=120, n_val=10, n_test=10, vocab_size=320, threads=1,
+                      warm_start=WarmStartConfig(steps=3, batch_size=4, bucket_batches=2, wrong_prefix_prob=0.5))
+
+
+def test_same_seed_builds_the_same_data_and_weights(tmp_path):
+    first = build_toy_world(TINY, out=tmp_path / "a", progress=False)
+    second = build_toy_world(TINY, out=tmp_path / "b", progress=False)
+    other = build_toy_world(TINY, out=tmp_path / "c", seed=1, progress=False)
+    for name in ("train", "val", "test"):
+        assert world_splits(first)[name].read_bytes() == world_splits(second)[name].read_bytes()
+    a, b, c = (load_file(w / "model.safetensors") for w in (first, second, other))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert any(a[k].shape != c[k].shape or not (a[k] == c[k]).all() for k in a)
+
+
+def test_world_loads_offline_and_its_splits_are_disjoint(tmp_path):
+    world = build_toy_world(TINY, out=tmp_path / "w", progress=False)
+    AutoModelForCausalLM.from_pretrained(world)
+    assert AutoTokenizer.from_pretrained(world).eos_token == "<|im_end|>"
+    splits = {name: load_problems(path) for name, path in world_splits(world).items()}
+    assert [len(splits[n]) for n in ("train", "val", "test")] == [120, 10, 10]
+    texts = [{p.problem for p in splits[n]} for n in ("train", "val", "test")]
+    assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
+    assert {p.difficulty for p in splits["test"]} == {1, 2, 3, 4, 5}
+    record = json.loads((world / "world.json").read_text())
+    assert record["key"] == TINY.cache_key() and record["config"]["preset"] == "toy-test"
+
+
+def test_second_build_comes_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATESD_CACHE", str(tmp_path / "cache"))
+    world = build_toy_world(TINY, progress=False)
+    assert world == tmp_path / "cache" / "toy" / TINY.cache_key()
+    stamp = (world / "model.safetensors").stat().st_mtime_ns
+    assert build_toy_world(TINY, progress=False) == world
+    assert (world / "model.safetensors").stat().st_mtime_ns == stamp
+    assert build_toy_world(TINY, progress=False, seed=1) != world
+
+
+def test_a_failed_build_leaves_neither_a_half_world_nor_a_staging_dir(tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "train_supervised", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_toy_world(TINY, out=tmp_path / "w", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_to_overwrite_a_directory_that_is_not_a_toy_world(tmp_path):
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError):
+        build_toy_world(TINY, out=tmp_path / "w", progress=False)
+
+
+def test_generic_path_builds_from_any_problem_file(tmp_path):
+    problems = [
+        Problem(id=f"p{i}", problem=f"Tom has {i} apples and buys {i + 2} more. How many apples?",
+                solution=f"Tom starts with {i} apples.\n\nHe buys {i + 2} more, so {i} + {i + 2} = {2 * i + 2}."
+                         f"\n\nThe answer is \\boxed{{{2 * i + 2}}}.",
+                answer=str(2 * i + 2))
+        for i in range(40)
+    ]
+    write_problems(tmp_path / "apples.jsonl", problems)
+    world = build_toy_world(TINY, data=str(tmp_path / "apples.jsonl"), out=tmp_path / "w", progress=False)
+    tokenizer = AutoTokenizer.from_pretrained(world)
+    assert "Ġapples" in tokenizer.get_vocab()  # learnt on that file
+    splits = {name: load_problems(path) for name, path in world_splits(world).items()}
+    assert sorted(p.id for s in splits.values() for p in s) == sorted(p.id for p in problems)
+    assert len(splits["test"]) == len(splits["val"]) == 4
