@@ -9,7 +9,7 @@ STAMP := $(VENV)/.atesd-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test bench test-vllm clean-venv
+.PHONY: demo test bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(VENV)/bin/atesd bench --suite systems
+	$(PY) benchmarks/run_all.py
 
 clean-venv:
 	rm -rf $(VENV)

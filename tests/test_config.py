@@ -64,3 +64,13 @@ def test_every_shipped_config_loads():
     assert configs, "no configs shipped"
     for path in configs:
         load_config(path)
+
+
+def test_base_file_is_merged_first_and_overridden_by_the_child(tmp_path):
+    (tmp_path / "parent.yaml").write_text("model:\n  name_or_path: m\ndata:\n  train: t.jsonl\nsteps: 9\nseed: 3\n")
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\nsteps: 4\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert cfg.steps == 4 and cfg.seed == 3 and cfg.model.name_or_path == "m"
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "loop.yaml")

@@ -71,13 +71,19 @@ def test_opsd_run_writes_config_metrics_checkpoints_and_final_model(world, tmp_p
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
 
 
-def test_killed_run_resumes_to_bitwise_identical_weights_and_metrics(world, tmp_path):
+LEARNED = ("exposure:\n  policy: learned\n  hold_steps: 3\n  lookahead_steps: 2\n"
+           "  decisions_per_update: 2\n  probe_size: 4\n")
+
+
+@pytest.mark.parametrize("exposure", ["", LEARNED], ids=["fixed", "learned"])
+def test_killed_run_resumes_to_bitwise_identical_weights_and_metrics(world, tmp_path, exposure):
+    # learned: hold 3 steps, so the kill after step 2 lands inside a hold window and a lookahead
     full = tmp_path / "full"
     cmd = [sys.executable, "-m", "atesd.cli", "train", "--config"]
-    subprocess.run(cmd + [str(_config(world, full, steps=5))], check=True, capture_output=True)
+    subprocess.run(cmd + [str(_config(world, full, steps=7, extra=exposure))], check=True, capture_output=True)
 
     killed = tmp_path / "killed"
-    config = _config(world, killed, steps=5)
+    config = _config(world, killed, steps=7, extra=exposure)
     proc = subprocess.Popen(cmd + [str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -95,6 +101,22 @@ def test_killed_run_resumes_to_bitwise_identical_weights_and_metrics(world, tmp_
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert _metrics(full) == _metrics(killed)
+    assert (full / "exposure.jsonl").read_text() == (killed / "exposure.jsonl").read_text()
+
+
+def test_learned_exposure_logs_decisions_rewards_and_controller_updates(world, tmp_path):
+    out = tmp_path / "atesd"
+    result = train(load_config(_config(world, out, steps=8, extra=LEARNED)))
+    records = [json.loads(line) for line in (out / "exposure.jsonl").read_text().splitlines()]
+    events = [r["event"] for r in records]
+    assert events.count("decision") == 3 and "credit" in events and "update" in events
+    decisions = [r for r in records if r["event"] == "decision"]
+    assert all(0.05 <= r["used_ratio"] <= 1.0 and r["beta_a"] > 1 and r["beta_b"] > 1 for r in decisions)
+    # the hold window: one ratio per 3 steps
+    assert result.reveal_ratios[:3] == [decisions[0]["used_ratio"]] * 3
+    assert result.reveal_ratios[3:6] == [decisions[1]["used_ratio"]] * 3
+    metrics = _metrics(out)
+    assert all("exposure/probe_nll" in m and "exposure/grounding_score" in m for m in metrics)
 
 
 def test_gradient_accumulation_gives_the_same_update_as_one_batch(world, tmp_path):

@@ -63,8 +63,9 @@ class RunDir:
         """Write checkpoint `step` atomically: temporary directory, then rename."""
         final = self.checkpoints / f"step-{step:06d}"
         tmp = self.checkpoints / f".tmp-step-{step:06d}"
-        if accelerator.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)  # before the barrier: every rank writes its RNG state into it
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp), safe_serialization=True)
         if accelerator.is_main_process:

@@ -1,6 +1,6 @@
 """`atesd` command line: parse arguments, dispatch to the library. No logic lives here.
 
-Subcommands: eval, toy build, train, demo. A bad input file or config ends with a one-line error
+Subcommands: eval, toy build, train, demo, report. A bad input file or config ends with a one-line error
 naming the file, line and field (exit code 2), never a raw traceback.
 """
 
@@ -88,8 +88,22 @@ def _run_demo(args) -> None:
     run_demo(config=args.config, out=args.out, overrides=args.overrides)
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="PNG plots and a summary of a training run directory")
+    p.add_argument("run_dir", help="the output_dir of an `atesd train` run")
+
+
+def _run_report(args) -> None:
+    from atesd.report import make_report, summarize_run
+
+    print(summarize_run(args.run_dir))
+    for path in make_report(args.run_dir):
+        print(f"wrote {path}")
+
+
 COMMANDS = {"eval": (_add_eval, _run_eval), "toy": (_add_toy, _run_toy),
-            "train": (_add_train, _run_train), "demo": (_add_demo, _run_demo)}
+            "train": (_add_train, _run_train), "demo": (_add_demo, _run_demo),
+            "report": (_add_report, _run_report)}
 
 
 def main(argv: list[str] | None = None) -> int:

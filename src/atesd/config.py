@@ -88,6 +88,8 @@ class LossConfig:
     top_k: Optional[int] = None  # restrict to the teacher's top-k support plus a tail bucket
     chunk_size: int = 1024  # tokens per chunk of the memory-efficient divergence
     skip_first_tokens: int = 0  # completion tokens excluded from the loss at the start
+    grpo_kl_coef: float = 0.0  # GRPO: weight of the k3 KL to the initial policy (OPSD's baseline: 0)
+    grpo_clip_eps: float = 0.2  # GRPO: importance-ratio clip ε
 
 
 @dataclass
@@ -166,18 +168,28 @@ def _merge(base, other, source: str):
         raise ConfigError(f"{source}: invalid value for '{key}': {err.msg if hasattr(err, 'msg') else err}") from None
 
 
+def _merge_file(conf, path: Path, seen: tuple) -> object:
+    """Merge a YAML file into `conf`; a top-level `base: other.yaml` (relative to the file) is
+    merged first, so a config can state only how it differs from another."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base' files form a cycle")
+    try:
+        file_conf = OmegaConf.load(path)
+    except Exception as err:  # yaml errors carry the line
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    base = file_conf.pop("base", None) if OmegaConf.is_dict(file_conf) else None
+    if base is not None:
+        conf = _merge_file(conf, path.parent / str(base), seen + (path.resolve(),))
+    return _merge(conf, file_conf, str(path))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Schema defaults ← YAML file ← `key=value` overrides, validated into a TrainConfig."""
+    """Schema defaults ← base files ← YAML file ← `key=value` overrides, validated into a TrainConfig."""
     conf = OmegaConf.structured(TrainConfig)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            file_conf = OmegaConf.load(path)
-        except Exception as err:  # yaml errors carry the line
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
-        conf = _merge(conf, file_conf, str(path))
+        conf = _merge_file(conf, Path(path), seen=())
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected key=value")

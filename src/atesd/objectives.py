@@ -24,6 +24,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from atesd.config import LossConfig
+from atesd.divergence import compute_dtype, sampled_token_loss
 from atesd.divergence_chunked import chunked_divergence
 from atesd.teacher import SequenceBatch, Teacher, check_same_completions, completion_hidden
 
@@ -37,7 +38,8 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor
     """
 
     def chunk_logprobs(h, w, t):
-        logits = (h @ w.t()).float() / temperature
+        logits = h @ w.t()
+        logits = logits.to(compute_dtype(logits.dtype)) / temperature
         return logits.gather(-1, t[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
     parts = []
@@ -108,8 +110,7 @@ class Distill:
             student_lp = token_logprobs(student_hidden, head.weight, ids, cfg.temperature, cfg.chunk_size)
             with torch.no_grad():
                 teacher_lp = token_logprobs(teacher_hidden, teacher_head, ids, cfg.temperature, cfg.chunk_size)
-            advantage = (teacher_lp - student_lp.detach()) * mask
-            loss = -(advantage * student_lp * weights).sum()
+            loss = (sampled_token_loss(student_lp, teacher_lp, mask) * weights).sum()
             per_token = (student_lp.detach() - teacher_lp) * mask  # reverse-KL estimate, for metrics
             return loss, self._stats(per_token, mask, views.student, None)
         out = chunked_divergence(
@@ -169,10 +170,10 @@ class GroupRelative:
     needs_rollouts = True
     needs_teacher_view = False
 
-    def __init__(self, cfg: LossConfig, kl_coef: float = 0.0, clip_eps: float = 0.2):
+    def __init__(self, cfg: LossConfig):
         self.cfg = cfg
-        self.kl_coef = kl_coef
-        self.clip_eps = clip_eps
+        self.kl_coef = cfg.grpo_kl_coef
+        self.clip_eps = cfg.grpo_clip_eps
 
     def loss(self, policy, head, teacher: Teacher, unwrapped, views: StepViews, rollouts_per_process: int):
         batch = views.student

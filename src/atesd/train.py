@@ -43,6 +43,7 @@ from atesd.rollout import make_rollout_engine
 from atesd.rollout.base import SamplingParams
 from atesd.signals import ExposureProbe, exposure_signals, step_metrics
 from atesd.teacher import Teacher, build_sequences
+from atesd.toy.paths import resolve_toy_paths
 
 
 @dataclass
@@ -86,6 +87,8 @@ def _decide_ratio(exposure, step: int, accelerator: Accelerator) -> float:
 def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     out = Path(cfg.output_dir)
     accelerator = Accelerator(log_with=cfg.report_to or None, project_dir=str(out))
+    with accelerator.main_process_first():  # one process builds the toy world, the others reuse it
+        cfg = resolve_toy_paths(cfg)
     set_seed(cfg.seed)
     rank, world = accelerator.process_index, accelerator.num_processes
     per_process = cfg.prompts_per_step // world
