@@ -6,9 +6,11 @@ log_softmax, KL(p_T ‖ p_S) per token, mean, backward. Default size: 2048 token
 vocabulary (Qwen3) × hidden 2048, float32, CPU.
 
 Each variant runs in a fresh subprocess (so peaks do not mix) with MALLOC_MMAP_THRESHOLD_=65536
-(glibc hands freed blocks back to the OS). There, after allocating the inputs, the lm_head weight and
-a zeroed gradient buffer of the weight's size, the baseline RSS is read and the kernel's peak-RSS
-mark is reset (/proc/self/clear_refs); the loss's working memory is peak RSS minus that baseline.
+(glibc hands freed blocks back to the OS). There, after allocating the inputs and the lm_head weight
+(with no gradient yet), the baseline RSS is read and the kernel's peak-RSS mark is reset
+(/proc/self/clear_refs). The loss's working memory is the peak RSS minus that baseline minus the
+weight's gradient and the hidden states' gradient that the backward leaves behind: what the inputs,
+the weight and their gradients hold is not the loss's own memory, everything else is.
 
 Values and gradients (w.r.t. hidden and weight) are compared in a smaller run with the same vocabulary
 and hidden size (default 640 tokens, so chunk 256 walks 3 chunks, the last one partial).
@@ -112,7 +114,6 @@ def measure_variant(variant: str, tokens: int, vocab: int, hidden: int, threads:
 
     torch.set_num_threads(threads)
     student, teacher, weight = _inputs(tokens, vocab, hidden)
-    weight.grad = torch.empty_like(weight).zero_()  # the gradient buffer a training step already has
     baseline = _rss_bytes()
     reset = _reset_peak()
     progress(f"  [{variant}] baseline RSS {baseline / MiB:.0f} MiB; forward ...")
@@ -123,10 +124,12 @@ def measure_variant(variant: str, tokens: int, vocab: int, hidden: int, threads:
     loss.backward()
     t2 = time.perf_counter()
     peak = _peak_bytes()
+    gradients = sum(t.grad.numel() * t.grad.element_size() for t in (student, weight) if t.grad is not None)
     progress(f"  [{variant}] backward {t2 - t1:.1f} s; peak RSS {peak / MiB:.0f} MiB")
     return {
         "variant": variant, "loss": float(loss.detach()), "baseline_mib": baseline / MiB, "peak_mib": peak / MiB,
-        "working_mib": (peak - baseline) / MiB, "forward_s": t1 - t0, "backward_s": t2 - t1,
+        "gradients_mib": gradients / MiB,
+        "working_mib": (peak - baseline - gradients) / MiB, "forward_s": t1 - t0, "backward_s": t2 - t1,
         "total_s": t2 - t0, "peak_reset": reset,
     }
 

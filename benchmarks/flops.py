@@ -109,7 +109,8 @@ def to_markdown(result: dict) -> str:
         "### Achieved FLOP/s: toy Qwen3 forward + backward vs fp32 matmul",
         "",
         f"Batch {s['batch']} × {s['seq_len']} tokens, float32, {result['threads']} torch thread(s), median of "
-        f"{s['repeats']} after a warm-up. FLOPs = 6 · params · tokens + 12 · layers · (heads · head_dim) · T · tokens; "
+        f"{s['repeats']} after a warm-up. "
+        "FLOPs = 6 · params · tokens + 12 · layers · (heads · head_dim) · T · tokens; "
         f"no optimizer step. Matmul reference = mean of runs before "
         f"({result['matmul_flops_per_s_before'] / 1e9:.1f} GFLOP/s) and after "
         f"({result['matmul_flops_per_s_after'] / 1e9:.1f} GFLOP/s) the models.",

@@ -59,7 +59,8 @@ def headline(results: dict) -> list[list]:
                      "pass" if div["values_equal"] else "FAIL", f"rel ≤ {div['check']['tolerance']:g}"])
     step = results.get("step_time")
     if step and "error" not in step:
-        rows.append(["step time ATESD / OPSD", f"{step['ratio_atesd_over_opsd']:.3f}×", f"≤ {step['goal_ratio']:.2f}×"])
+        rows.append(["step time ATESD / OPSD", f"{step['ratio_atesd_over_opsd']:.3f}×",
+                     f"≤ {step['goal_ratio']:.2f}×"])
     flops = results.get("flops")
     if flops and "error" not in flops:
         for m in flops["models"]:

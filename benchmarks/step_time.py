@@ -133,11 +133,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: least hurt by other load)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--prompts-per-step", type=int, default=None)
+    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--probe-size", type=int, default=None, help="exposure.probe_size (ATESD probe sequences)")
     parser.add_argument("--work-dir", default=None, help="keep the runs here (default: a temporary directory)")
     parser.add_argument("--json", default=None, help="also write the result dict here")
     args = parser.parse_args(argv)
     sizes = dict(QUICK if args.quick else FULL)
-    for key in ("steps", "repeats"):
+    for key in ("steps", "repeats", "prompts_per_step", "max_new_tokens", "probe_size"):
         if getattr(args, key) is not None:
             sizes[key] = getattr(args, key)
     with tempfile.TemporaryDirectory(prefix="atesd-step-time-") as tmp:

@@ -320,3 +320,55 @@ def test_hub_name_offline_gives_a_data_error_naming_the_source(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("DataError: atesd-test-org/no-such-dataset: not a local file")
     assert "split 'train'" in done.stdout
+
+
+# --- evaluation-only sets (require_solution=False) ---------------------------------------------
+
+
+def test_evaluation_only_parquet_with_problem_index_and_integer_answer_loads_without_a_solution(tmp_path):
+    # The MathArena layout: problem_idx (int), problem, answer (int for AIME), no solution column.
+    path = tmp_path / "aime.parquet"
+    rows = [{"problem_idx": 1, "problem": "Find $x$.", "answer": 204},
+            {"problem_idx": 2, "problem": "Find $y$.", "answer": 25}]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    with pytest.raises(DataError, match=r"column 'solution' \(for field 'solution'\) not found"):
+        load_problems(path, columns={"id": "problem_idx"})
+    problems = load_problems(path, columns={"id": "problem_idx"}, require_solution=False)
+    assert problems == [Problem("1", "Find $x$.", "", "204"), Problem("2", "Find $y$.", "", "25")]
+
+
+def test_evaluation_only_row_takes_its_answer_from_the_column_or_else_the_solution_box(tmp_path):
+    path = _jsonl(tmp_path / "eval.jsonl", [
+        {"id": "column", "problem": "p", "answer": "\\frac{1}{2}"},
+        {"id": "box", "problem": "p", "solution": "So $\\boxed{7}$."},
+        {"id": "unboxed-solution", "problem": "p", "solution": "It is seven.", "answer": "7"},
+    ])
+    problems = load_problems(path, require_solution=False)
+    assert [(p.id, p.answer, p.solution) for p in problems] == [
+        ("column", "\\frac{1}{2}", ""),
+        ("box", "7", "So $\\boxed{7}$."),
+        ("unboxed-solution", "7", "It is seven."),
+    ]
+
+
+def test_evaluation_only_row_without_any_answer_is_a_bad_row_naming_the_answer_column(tmp_path):
+    path = _jsonl(tmp_path / "eval.jsonl", [
+        {"id": "a", "problem": "p", "answer": "1"},
+        {"id": "b", "problem": "p"},
+        {"id": "c", "problem": "p", "solution": "no box here"},
+    ])
+    with pytest.raises(DataError) as caught:
+        load_problems(path, columns={"answer": "answer"}, require_solution=False)
+    assert [(b.location, b.field) for b in caught.value.bad_rows] == [
+        (f"{path}:2", "answer"), (f"{path}:3", "solution"),
+    ]
+    assert "looked for column 'answer'" in str(caught.value)
+
+
+def test_training_load_still_requires_a_boxed_solution_when_an_answer_is_given(tmp_path):
+    path = _jsonl(tmp_path / "train.jsonl", [{"id": "a", "problem": "p", "answer": "1"},
+                                             {"id": "b", "problem": "p", "solution": "no box", "answer": "1"}])
+    with pytest.raises(DataError) as caught:
+        load_problems(path)
+    located = [(b.location, b.field) for b in caught.value.bad_rows]
+    assert located == [(f"{path}:1", "solution"), (f"{path}:2", "solution")]

@@ -65,9 +65,10 @@ class RunDir:
         tmp = self.checkpoints / f".tmp-step-{step:06d}"
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)  # before the barrier: every rank writes its RNG state into it
+            tmp.mkdir(parents=True, exist_ok=True)  # before the barrier: every rank writes into it
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()  # every rank's RNG state is written before the rename
         if accelerator.is_main_process:
             torch.save(components, tmp / "components.pt")
             if final.exists():

@@ -1,6 +1,6 @@
 """`atesd` command line: parse arguments, dispatch to the library. No logic lives here.
 
-Subcommands: eval, toy build, train, demo, report. A bad input file or config ends with a one-line error
+Subcommands: eval, toy build, train, demo, report, mismatch, bench. A bad input file or config ends with a one-line error
 naming the file, line and field (exit code 2), never a raw traceback.
 """
 
@@ -12,34 +12,51 @@ import sys
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="Average@k / pass@k / maj@k of a model on a problem file")
-    p.add_argument("--model", required=True, help="local model directory or hub id")
-    p.add_argument("--data", required=True, help="problem file (JSONL/JSON/CSV/Parquet) or hub dataset")
+    p = sub.add_parser(
+        "eval", help="Average@k / pass@k / maj@k of a model on a problem file",
+        description="Flags override the --config file; without --config, --model and --data are required.",
+    )
+    p.add_argument("--config", default=None, help="eval YAML (see configs/eval/, e.g. configs/eval/aime24.yaml)")
+    p.add_argument("--model", default=None, help="local model directory or hub id")
+    p.add_argument("--data", default=None,
+                   help="problem file (JSONL/JSON/CSV/Parquet) or hub dataset; replaces the config's data "
+                        "and, unless --split is given too, its split")
     p.add_argument("--split", default=None, help="hub dataset split")
-    p.add_argument("--k", type=int, default=8, help="samples per problem")
-    p.add_argument("--out", default="eval", help="output directory for eval.json and eval.md")
-    p.add_argument("--max-new-tokens", type=int, default=1024)
-    p.add_argument("--temperature", type=float, default=0.6)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--top-k", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k", type=int, default=None, help="samples per problem (default 8)")
+    p.add_argument("--out", dest="out_dir", metavar="DIR", default=None,
+                   help="output directory for eval.json and eval.md (default: eval)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default 1024")
+    p.add_argument("--temperature", type=float, default=None, help="default 0.6")
+    p.add_argument("--top-p", type=float, default=None, help="default 0.95")
+    p.add_argument("--top-k", type=int, default=None, help="default 20; 0 disables it")
+    p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N problems only")
-    p.add_argument("--thinking", action="store_true", help="enable_thinking for the student prompt")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
+                   help="enable_thinking for the student prompt (default off)")
+    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    p.add_argument("--batch-size", type=int, default=None, help="samples per generation call (default 64)")
 
 
 def _run_eval(args) -> None:
+    from atesd.eval_config import check_complete, load_eval_config, prepare_eval_dir
     from atesd.evaluate import run_eval
 
+    names = ("model", "data", "split", "k", "out_dir", "max_new_tokens", "temperature", "top_p", "top_k",
+             "seed", "limit", "thinking", "dtype", "batch_size")
+    flags = {name: getattr(args, name) for name in names if getattr(args, name) is not None}  # given flags only
+    cfg = load_eval_config(args.config, flags)
+    check_complete(cfg)
+    # A config's data may be an evaluation-only set (answers, no solutions): load it as one.
+    data, split = (str(prepare_eval_dir(cfg)), None) if args.config is not None else (cfg.data, cfg.split)
     report = run_eval(
-        args.model, args.data, k=args.k, out_dir=args.out, split=args.split,
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-        top_k=args.top_k, seed=args.seed, limit=args.limit, thinking=args.thinking,
-        dtype=args.dtype, batch_size=args.batch_size,
+        cfg.model, data, k=cfg.k, out_dir=cfg.out_dir, split=split,
+        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+        top_k=cfg.top_k, seed=cfg.seed, limit=cfg.limit, thinking=cfg.thinking,
+        dtype=cfg.dtype, batch_size=cfg.batch_size, device=cfg.device,
+        score_workers=cfg.score_workers, write_samples=cfg.write_samples,
     )
     print(report.to_markdown())
-    print(f"wrote {os.path.join(args.out, 'eval.json')}")
+    print(f"wrote {os.path.join(cfg.out_dir, 'eval.json')}")
 
 
 def _add_toy(sub) -> None:
@@ -101,9 +118,65 @@ def _run_report(args) -> None:
         print(f"wrote {path}")
 
 
+def _add_mismatch(sub) -> None:
+    p = sub.add_parser("mismatch", help="teacher-student mismatch against the reveal ratio, on fixed rollouts")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default=None)
+    p.add_argument("--out", default="mismatch")
+    p.add_argument("--ratios", default="0,0.25,0.5,0.75,1", help="comma-separated reveal ratios")
+    p.add_argument("--n", type=int, default=None, help="the first N problems")
+    p.add_argument("--samples", type=int, default=1, help="student rollouts per problem")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--chunk-size", type=int, default=1024)
+    p.add_argument("--thinking", action="store_true")
+    p.add_argument("--dtype", default="float32")
+
+
+def _run_mismatch(args) -> None:
+    from atesd.mismatch import run_mismatch
+
+    try:
+        ratios = [float(r) for r in args.ratios.split(",")]
+    except ValueError:
+        raise ValueError(f"--ratios {args.ratios!r}: expected comma-separated numbers in [0, 1]") from None
+    report = run_mismatch(
+        args.model, args.data, ratios=ratios, out_dir=args.out, split=args.split, thinking=args.thinking,
+        dtype=args.dtype, n_problems=args.n, samples_per_problem=args.samples,
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+        top_k=args.top_k, seed=args.seed, batch_size=args.batch_size, chunk_size=args.chunk_size,
+    )
+    print(report.to_markdown())
+    print(f"wrote {os.path.join(args.out, 'mismatch.json')}")
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="every method on the toy world, same rollout budget, several seeds")
+    p.add_argument("--suite", default="toy", choices=["toy"])
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; 1 with --quick)")
+    p.add_argument("--quick", action="store_true", help="tiny budgets for a CI smoke (~2 min on 2 cores)")
+    p.add_argument("--out", default=None, help="default runs/bench-toy (runs/bench-toy-quick with --quick)")
+    p.add_argument("--methods", nargs="+", default=None, help="a subset of atesd.bench.METHODS")
+
+
+def _run_bench(args) -> None:
+    from atesd.bench import run_bench
+
+    outcome = run_bench(suite=args.suite, seeds=args.seeds, quick=args.quick, out=args.out,
+                        methods=args.methods, command="atesd " + " ".join(sys.argv[1:]))
+    for path in outcome.files:
+        print(f"wrote {path}")
+
+
 COMMANDS = {"eval": (_add_eval, _run_eval), "toy": (_add_toy, _run_toy),
             "train": (_add_train, _run_train), "demo": (_add_demo, _run_demo),
-            "report": (_add_report, _run_report)}
+            "report": (_add_report, _run_report), "mismatch": (_add_mismatch, _run_mismatch),
+            "bench": (_add_bench, _run_bench)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         COMMANDS[args.command][1](args)
-    except (DataError, ConfigError, FileNotFoundError) as err:
+    except (DataError, ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"atesd {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -116,6 +116,22 @@ class OptimConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """Periodic sampled evaluation on `data.val`, used to choose the checkpoint (never the test split).
+
+    every: evaluate after every N optimizer steps and after the last one (0: never).
+    k: samples per problem (Average@k). max_problems: the first N validation problems.
+    The best model by validation Average@k is kept in `output_dir/best/`.
+    """
+
+    every: int = 0
+    k: int = 4
+    max_problems: int = 200
+    temperature: float = 1.0
+    max_new_tokens: Optional[int] = None  # None: rollout.max_new_tokens
+
+
+@dataclass
 class TrainConfig:
     """One training run. `prompts_per_step` is the global batch: split across processes and
     gradient-accumulation micro-batches, so results do not depend on how it is split."""
@@ -128,6 +144,7 @@ class TrainConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     exposure: ExposureConfig = field(default_factory=ExposureConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     steps: int = 100  # optimizer steps T
     prompts_per_step: int = 32  # global prompts per optimizer step
     seed: int = 0
@@ -237,6 +254,10 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("teacher.ema_decay must be in [0, 1)")
     if cfg.save_every < 1:
         raise ConfigError("save_every must be >= 1")
+    if cfg.validation.every < 0 or cfg.validation.k < 1:
+        raise ConfigError("validation.every must be >= 0 and validation.k >= 1")
+    if cfg.validation.every and not cfg.data.val:
+        raise ConfigError("validation.every > 0 needs data.val (a validation problem file)")
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:

@@ -35,6 +35,11 @@ Choices the papers leave open (ours):
    `load_problems_with_report` returns what was skipped. Problems that concern the whole file
    (missing, unreadable, a mapped column absent from a CSV header or Parquet schema, nothing in
    it) raise `DataError` in both modes.
+5. ``require_solution=False`` loads an evaluation-only set (AIME, HMMT: a problem and a final
+   answer, no worked solution). The solution column becomes optional (absent → ``solution=""``)
+   and is not checked for a box when the row gives an answer; a row needs an answer, from the
+   answer column or else the solution's last box. Training never passes this flag: `reveal`
+   needs a solution with a final-answer box.
 """
 
 from __future__ import annotations
@@ -75,7 +80,8 @@ _LEVEL = re.compile(r"(?:level\s*)?(\d+)", re.IGNORECASE)
 @dataclass(frozen=True)
 class Problem:
     """One problem: ``problem`` is x, ``solution`` the reference y*, ``answer`` the gold answer
-    (the content of y*'s last box unless the source gives it)."""
+    (the content of y*'s last box unless the source gives it). ``solution`` is "" only for an
+    evaluation-only set loaded with ``require_solution=False``."""
 
     id: str
     problem: str
@@ -322,33 +328,42 @@ def _difficulty(value: Any, location: str) -> int | BadRow | None:
     return value
 
 
-def _validated(record: _Record, columns: dict[str, str], id_stem: str) -> Problem | list[BadRow]:
-    """The Problem in ``record``, or every bad field in it (departures 1-3 in the module docstring)."""
+def _validated(
+    record: _Record, columns: dict[str, str], id_stem: str, require_solution: bool = True
+) -> Problem | list[BadRow]:
+    """The Problem in ``record``, or every bad field in it (departures 1-3 and 5 in the module
+    docstring)."""
     values, location = record.values, record.location
     assert values is not None
     bad: list[BadRow] = []
     text: dict[str, str | None] = {}
+    required = ("problem", "solution") if require_solution else ("problem",)
     for field in ("id", "problem", "solution", "answer", "source"):
         value = _text_field(values, columns[field], field, location)
         if isinstance(value, BadRow):
             bad.append(value)
-        elif value is None and field in ("problem", "solution"):
+        elif value is None and field in required:
             bad.append(BadRow(location, field, "missing", f"missing (looked for column '{columns[field]}')"))
         else:
             text[field] = value
     solution = text.get("solution")
-    if solution is not None:
+    # An evaluation-only row that gives its answer needs no boxed solution (departure 5).
+    has_answer = bool(text.get("answer")) or any(b.field == "answer" for b in bad)
+    if solution is not None and (require_solution or not has_answer):
         boxed = extract_boxed(solution)
         if boxed is None:
             bad.append(BadRow(location, "solution", "no boxed answer", "no \\boxed{} final answer"))
         elif not boxed:
             bad.append(BadRow(location, "solution", "no boxed answer", "the last \\boxed{} is empty"))
+    elif solution is None and not require_solution and not has_answer:
+        detail = f"missing (looked for column '{columns['answer']}'; no solution to take a box from)"
+        bad.append(BadRow(location, "answer", "missing", detail))
     difficulty = _difficulty(values.get(columns["difficulty"]), location)
     if isinstance(difficulty, BadRow):
         bad.append(difficulty)
     if bad:
         return bad
-    assert solution is not None
+    solution = solution or ""
     return Problem(
         id=(text["id"] or "").strip() or f"{id_stem}-{record.index}",
         problem=text["problem"] or "",
@@ -385,6 +400,7 @@ def load_problems_with_report(
     split: str | None = None,
     columns: Mapping[str, str] | None = None,
     on_bad_row: str = "error",
+    require_solution: bool = True,
 ) -> LoadReport:
     """Load and validate problems; return them with the bad fields that were skipped.
 
@@ -395,6 +411,8 @@ def load_problems_with_report(
             unmapped fields are looked up under their own name.
         on_bad_row: ``"error"`` raises one DataError listing every bad field; ``"skip"`` drops
             bad rows and logs a warning with the count per reason.
+        require_solution: False loads an evaluation-only set: no solution needed, but an
+            answer (departure 5 in the module docstring). Never for training data.
 
     Raises:
         DataError: bad rows (``"error"`` mode) or a problem with the whole source.
@@ -404,7 +422,8 @@ def load_problems_with_report(
         raise ValueError(f"on_bad_row must be one of {_ON_BAD_ROW}, got {on_bad_row!r}")
     column_map = _column_map(columns)
     # A header or schema can be checked up front for the columns that must exist in it.
-    required = {field: column_map[field] for field in ("problem", "solution")}
+    needed = ("problem", "solution") if require_solution else ("problem",)
+    required = {field: column_map[field] for field in needed}
     required.update({field: column for field, column in (columns or {}).items()})
 
     if _is_local(source):
@@ -441,7 +460,7 @@ def load_problems_with_report(
         if record.unreadable is not None:
             bad_rows.append(record.unreadable)
             continue
-        result = _validated(record, column_map, id_stem)
+        result = _validated(record, column_map, id_stem, require_solution)
         if isinstance(result, list):
             bad_rows.extend(result)
         elif result.id in first_seen:
@@ -476,9 +495,10 @@ def load_problems(
     split: str | None = None,
     columns: Mapping[str, str] | None = None,
     on_bad_row: str = "error",
+    require_solution: bool = True,
 ) -> list[Problem]:
     """The problems of ``source``; see `load_problems_with_report` for the arguments and errors."""
-    return list(load_problems_with_report(source, split, columns, on_bad_row).problems)
+    return list(load_problems_with_report(source, split, columns, on_bad_row, require_solution).problems)
 
 
 def write_problems(path: str | os.PathLike[str], problems: Iterable[Problem]) -> None:

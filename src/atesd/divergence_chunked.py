@@ -188,8 +188,10 @@ class _ChunkedDivergenceFunction(torch.autograd.Function):
             grad_row_weights=row_weights, want_grad_hidden=needs_hidden,
             want_grad_weight=needs_weight, want_grad_bias=needs_bias, want_stats=True,
         )
-        ctx.save_for_backward(student_hidden, weight, bias, teacher_hidden, row_weights,
-                              result.grad_hidden, result.grad_weight, result.grad_bias)
+        ctx.save_for_backward(student_hidden, weight, bias, teacher_hidden, row_weights)
+        # Kept on ctx, not saved: the backward scales them in place (a [V, H] copy would double
+        # the loss's largest buffer) and hands them to autograd, so it can run only once.
+        ctx.precomputed = (result.grad_hidden, result.grad_weight, result.grad_bias)
         ctx.teacher_head, ctx.spec, ctx.chunk_size = teacher_head, spec, chunk_size
         ctx.mark_non_differentiable(*result.stats)
         return (result.values, *result.stats)
@@ -197,11 +199,14 @@ class _ChunkedDivergenceFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_values, *unused_stat_grads):
-        (student_hidden, weight, bias, teacher_hidden, row_weights,
-         grad_hidden, grad_weight, grad_bias) = ctx.saved_tensors
+        student_hidden, weight, bias, teacher_hidden, row_weights = ctx.saved_tensors
+        if ctx.precomputed is None:
+            raise RuntimeError("chunked_divergence supports one backward pass (no retain_graph reuse)")
+        grad_hidden, grad_weight, grad_bias = ctx.precomputed
+        ctx.precomputed = None
         grad_values = grad_values.to(row_weights.dtype)
         if grad_hidden is not None:
-            grad_hidden = (grad_hidden * grad_values[:, None]).to(student_hidden.dtype)
+            grad_hidden = grad_hidden.mul_(grad_values[:, None]).to(student_hidden.dtype)
         if grad_weight is not None or grad_bias is not None:
             scale = _common_ratio(grad_values, row_weights)
             if scale is None:
@@ -212,8 +217,8 @@ class _ChunkedDivergenceFunction(torch.autograd.Function):
                 )
                 grad_weight, grad_bias = redo.grad_weight, redo.grad_bias
             else:
-                grad_weight = None if grad_weight is None else grad_weight * scale
-                grad_bias = None if grad_bias is None else grad_bias * scale
+                grad_weight = None if grad_weight is None else grad_weight.mul_(scale)
+                grad_bias = None if grad_bias is None else grad_bias.mul_(scale)
             grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
             grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)
         return grad_hidden, grad_weight, grad_bias, None, None, None, None, None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 
 import torch
+from accelerate.utils import gather_object
 
 from atesd.exposure import TrainingSignals
 from atesd.objectives import token_logprobs
@@ -24,7 +25,7 @@ from atesd.teacher import build_sequences, completion_hidden
 def _gather(accelerator, values: list) -> list:
     if accelerator.num_processes == 1:
         return list(values)
-    return list(accelerator.gather_object(list(values)))
+    return list(gather_object(list(values)))
 
 
 def _mean(xs) -> float:
@@ -77,6 +78,10 @@ class ExposureProbe:
     def __init__(self, cfg, problems, tokenizer, probe_nll: bool, grounding: bool):
         self.cfg, self.tokenizer = cfg, tokenizer
         self.want_probe_nll, self.want_grounding = probe_nll, grounding
+        # The probe NLL is a state feature read at decisions (every hold_steps steps); as the
+        # progress signal ℓ_t it is needed every step.
+        exposure = cfg.exposure
+        self.probe_every = 1 if exposure.progress_signal == "probe_nll" else exposure.hold_steps
         order = torch.randperm(len(problems), generator=torch.Generator().manual_seed(cfg.seed + 7))
         self.probe = [problems[int(i)] for i in order[: cfg.exposure.probe_size]]
         self.grounding = [problems[int(i)] for i in order[cfg.exposure.probe_size: 2 * cfg.exposure.probe_size]]
@@ -91,13 +96,13 @@ class ExposureProbe:
         return float(token_logprobs(hidden, head, batch.target_ids, 1.0, self.cfg.loss.chunk_size).mean())
 
     @torch.no_grad()
-    def measure(self, accelerator, unwrapped, teacher, ratio: float) -> dict:
+    def measure(self, accelerator, unwrapped, teacher, ratio: float, step: int) -> dict:
         """Measured on θ_t, before step t's update; the same on every rank (all take part, so sharded
         models work)."""
         metrics = {}
         tok, prompts_cfg, device = self.tokenizer, self.cfg.prompts, accelerator.device
         t0 = time.perf_counter()
-        if self.want_probe_nll:
+        if self.want_probe_nll and (step + 1) % self.probe_every == 0:
             metrics["exposure/probe_nll"] = -self._mean_logprob(
                 unwrapped,
                 [student_prompt(tok, p.problem, prompts_cfg) for p in self.probe],

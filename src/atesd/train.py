@@ -44,6 +44,7 @@ from atesd.rollout.base import SamplingParams
 from atesd.signals import ExposureProbe, exposure_signals, step_metrics
 from atesd.teacher import Teacher, build_sequences
 from atesd.toy.paths import resolve_toy_paths
+from atesd.validation import Validator
 
 
 @dataclass
@@ -54,6 +55,8 @@ class TrainResult:
     output_dir: Path
     model: torch.nn.Module
     reveal_ratios: list[float]
+    process_index: int = 0
+    num_processes: int = 1
 
 
 class PromptSampler:
@@ -119,6 +122,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     head = output_head(unwrapped)
     engine = make_rollout_engine(cfg.rollout.backend, unwrapped, tokenizer, batch_size=cfg.rollout.batch_size)
     sampler = PromptSampler(len(problems), cfg.prompts_per_step, cfg.seed)
+    validator = Validator(cfg, tokenizer, out) if cfg.validation.every else None
     if cfg.report_to:
         accelerator.init_trackers("atesd", config={"output_dir": str(out)})
 
@@ -129,6 +133,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         start, bad_in_a_row = components["step"], components["bad_in_a_row"]
         teacher.load_state_dict(components["teacher"])
         exposure.load_state_dict(components["exposure"])
+        if validator is not None:
+            validator.load_state_dict(components["validation"])
         engine.sync_weights(unwrapped)
     run.truncate_logs(start)
 
@@ -182,7 +188,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         t_loss = time.perf_counter()
 
         # the controller's extra signals, on θ_t before the update (ℓ_t and g_t of ATESD section 4)
-        extra = probe.measure(accelerator, unwrapped, teacher, ratio)
+        extra = probe.measure(accelerator, unwrapped, teacher, ratio, step)
 
         # 5. update (a non-finite loss on any rank skips the step everywhere)
         finite = bool(accelerator.reduce(torch.isfinite(loss_sum).float().reshape(1), "min").item())
@@ -212,6 +218,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             for record in exposure.observe(step, exposure_signals(metrics) if finite else None):
                 run.append("exposure.jsonl", {"step": step, **record})
         metrics["timing/step_s"] = time.perf_counter() - t0
+        if validator is not None and validator.due(step):
+            metrics.update(validator.run(accelerator, unwrapped, step,
+                                         lambda d: save_final(unwrapped, tokenizer, d)))
         metrics["train/tokens_per_s"] = metrics["rollout/tokens"] / metrics["timing/step_s"]
         run.append("metrics.jsonl", metrics)
         if cfg.report_to:
@@ -225,14 +234,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             )
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
             components = {"step": step + 1, "bad_in_a_row": bad_in_a_row,
-                          "teacher": teacher.state_dict(), "exposure": exposure.state_dict()}
+                          "teacher": teacher.state_dict(), "exposure": exposure.state_dict(),
+                          "validation": validator.state_dict() if validator is not None else {}}
             run.save(accelerator, step + 1, components, cfg.keep_checkpoints)
 
     if accelerator.is_main_process:
         save_final(unwrapped, tokenizer, out / "final")
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(out, unwrapped, ratios_used)
+    return TrainResult(out, unwrapped, ratios_used, rank, world)
 
 
 def save_final(model, tokenizer, directory: Path) -> None:

@@ -15,13 +15,15 @@ from atesd.toy import task
 def _independent_value(problem_text: str) -> tuple[int, list[int]]:
     """Evaluate a problem text without atesd.toy.task: substitute every definition into one nested
     Python expression and let Python compute it. Returns (answer, every intermediate value)."""
-    listed, target = re.fullmatch(r"Given (.*)\. Find ([a-z])\.", problem_text).groups()
-    definitions = dict(item.split(" = ") for item in listed.split(", "))
+    lines = problem_text.splitlines()
+    assert lines[0] == "Given:" and lines[-1].startswith("Find ")
+    definitions = dict(line.split("=") for line in lines[1:-1])
+    target = lines[-1].removeprefix("Find ").removesuffix(".")
 
     def expand(symbol: str) -> str:
         if symbol.isdigit():
             return symbol
-        left, op, right = definitions[symbol].split(" ")
+        left, op, right = re.fullmatch(r"(\w+)([-+*])(\w+)", definitions[symbol]).groups()
         return f"({expand(left)} {op} {expand(right)})"
 
     intermediates = [eval(expand(name)) for name in definitions]  # noqa: S307 (our own digits and + - *)
@@ -82,7 +84,7 @@ def test_another_valid_step_order_is_correct_yet_differs_from_the_reference():
         other = task.solution_text(program, task.random_order(program, rng))
         assert task.check_steps(p.problem, other).first_error is None
         differing += other != p.solution
-    assert differing > 40
+    assert differing > 20  # most 5-operation trees have 2 to 8 valid orders
 
 
 def test_checker_finds_the_corrupted_step_as_the_first_error():
@@ -97,30 +99,33 @@ def test_checker_finds_the_corrupted_step_as_the_first_error():
 
 
 def test_checker_flags_a_variable_used_before_it_is_computed():
-    problem = "Given b = a * 2, a = 3 + 4. Find b."
-    completion = "b = a * 2 = 7 * 2 = 14\n\na = 3 + 4 = 7\n\nThe answer is \\boxed{14}."
+    problem = "Given:\nb=a*2\na=3+4\nFind b."
+    completion = "b=a*2=7*2=14\n\na=3+4=7\n\nThe answer is \\boxed{14}."
     result = task.check_steps(problem, completion)
     assert (result.first_error, result.error_kind, result.answer_correct) == (0, "not_yet_computed", True)
 
 
 def test_checker_reports_spans_of_steps_and_answer_line():
-    problem = "Given b = a * 2, a = 3 + 4. Find b."
-    completion = "a = 3 + 4 = 7\n\nb = a * 2 = 7 * 2 = 15\n\nThe answer is \\boxed{15}."
+    problem = "Given:\nb=a*2\na=3+4\nFind b."
+    completion = "a=3+4=7\n\nb=a*2=7*2=15\n\nThe answer is \\boxed{15}."
     result = task.check_steps(problem, completion)
-    assert [completion[s:e] for s, e in result.step_spans] == ["a = 3 + 4 = 7", "b = a * 2 = 7 * 2 = 15"]
+    assert [completion[s:e] for s, e in result.step_spans] == ["a=3+4=7", "b=a*2=7*2=15"]
     assert completion[slice(*result.answer_span)] == "The answer is \\boxed{15}."
     assert (result.first_error, result.error_kind) == (1, "arithmetic")
 
 
 @pytest.mark.parametrize("completion, kind", [
-    ("a = 3 + 4 = 7\n\nb = a * 2 = 7 * 2 = 14", "missing_answer"),
-    ("a = 3 + 4 = 7\n\nThe answer is \\boxed{14}.", "incomplete"),
-    ("a = 3 + 4 = 7\n\nb = a * 2 = 7 * 2 = 14\n\nThe answer is \\boxed{13}.", "wrong_answer"),
+    ("a=3+4=7\n\nb=a*2=7*2=14", "missing_answer"),
+    ("a=3+4=7\n\nThe answer is \\boxed{14}.", "incomplete"),
+    ("a=3+4=7\n\nb=a*2=7*2=14\n\nThe answer is \\boxed{13}.", "wrong_answer"),
     ("a equals 7\n\nThe answer is \\boxed{14}.", "format"),
-    ("a = 3 + 4 = 7\n\na = 3 + 4 = 7\n\nThe answer is \\boxed{14}.", "repeated_variable"),
+    ("a=3+4=7\n\na=3+4=7\n\nThe answer is \\boxed{14}.", "repeated_variable"),
+    ("c=3+4=7\n\nThe answer is \\boxed{14}.", "unknown_variable"),
+    ("a=3*4=12\n\nThe answer is \\boxed{14}.", "wrong_definition"),
+    ("a=3+4=7\n\nb=a*2=8*2=16\n\nThe answer is \\boxed{16}.", "wrong_operand_value"),
 ])
 def test_checker_names_the_kind_of_error(completion, kind):
-    result = task.check_steps("Given b = a * 2, a = 3 + 4. Find b.", completion)
+    result = task.check_steps("Given:\nb=a*2\na=3+4\nFind b.", completion)
     assert result.error_kind == kind
 
 

@@ -71,8 +71,11 @@ class ExposureConfig:
     target_entropy: float | None = None
     # c: coefficient of the entropy penalty c·max(0, H[π_φ] − H_target)².
     entropy_coef: float = 0.1
-    # Number of held-out reference solutions whose student NLL is the probe NLL (training loop).
-    probe_size: int = 16
+    # Reference solutions in the probe set (the student's NLL of them is the probe NLL) and,
+    # separately, in the grounding set (the teacher's log-prob of their withheld steps is g_t).
+    # The loop measures g_t every step and the probe NLL once per hold window (every step when
+    # progress_signal="probe_nll"); their cost is reported as timing/probe_s, timing/grounding_s.
+    probe_size: int = 8
     # Seed of the controller's initial weights and of every random α draw.
     seed: int = 0
 
@@ -103,7 +106,7 @@ class ExposureConfig:
             ("hold_steps", 4),
             ("lookahead_steps", 8),
             ("hidden_size", 64),
-            ("probe_size", 16),
+            ("probe_size", 8),
         ):
             if not _is_int_at_least(getattr(self, name), 1):
                 raise ValueError(

@@ -2,23 +2,28 @@
 
 A problem lists the nodes of a random expression tree as named definitions, in shuffled order:
 
-    Given d = c - 9, a = 7 + 3, c = a * b, b = 12 - 4. Find d.
+    Given:
+    d=c-9
+    a=7+3
+    c=a*b
+    b=12-4
+    Find d.
 
 Its reference solution computes one node per step, in a random valid (topological) order, steps
 separated by blank lines, then a final sentence with the boxed answer:
 
-    a = 7 + 3 = 10
+    a=7+3=10
 
-    b = 12 - 4 = 8
+    b=12-4=8
 
-    c = a * b = 10 * 8 = 80
+    c=a*b=10*8=80
 
-    d = c - 9 = 80 - 9 = 71
+    d=c-9=80-9=71
 
     The answer is \\boxed{71}.
 
 Any order in which every variable is computed after its operands is correct, so a rollout can be
-right and still differ from the reference (up to 8 orders at 4 operations, many more at 7). The
+right and still differ from the reference (a tree of 5 operations has up to 8 valid orders). The
 difficulty level sets the number of operations; every intermediate value stays in [0, 99]. The
 `check_steps` diagnostic parses a completion and finds its first wrong step, so later analyses can
 split per-token quantities into before / at / after the first error and the answer line.
@@ -27,6 +32,9 @@ Where this departs from the toy-notes' first toy (not from a paper; the papers u
 1. Sub-results are named, so a step can be checked on its own and tracking the state is a lookup.
 2. Definitions are listed in shuffled order: picking a variable whose operands are known is part of
    the task, and the order of independent sub-computations is free.
+3. No spaces inside definitions and steps, and one definition per line: a variable is then the same
+   token wherever it appears (byte-level BPE gives " c" and "c" different ids), which a tiny model
+   needs to copy names reliably, and steps are ~20% shorter.
 """
 
 from __future__ import annotations
@@ -75,7 +83,7 @@ class TaskConfig:
     max_value: every intermediate value stays in [0, max_value].
     """
 
-    ops_per_level: tuple[int, ...] = (1, 2, 3, 5, 7)
+    ops_per_level: tuple[int, ...] = (1, 2, 3, 4, 5)
     max_leaf: int = 20
     max_value: int = 99
 
@@ -194,15 +202,15 @@ def random_order(program: Program, rng: random.Random) -> list[str]:
 
 
 def problem_text(program: Program) -> str:
-    listed = ", ".join(f"{d.name} = {d.left} {d.op} {d.right}" for d in program.definitions)
-    return f"Given {listed}. Find {program.target}."
+    listed = "".join(f"{d.name}={d.left}{d.op}{d.right}\n" for d in program.definitions)
+    return f"Given:\n{listed}Find {program.target}."
 
 
 def step_text(d: Definition, left_value: int, right_value: int, result: int) -> str:
-    """`c = a * b = 10 * 8 = 80`; without the middle part when both operands are numbers."""
+    """`c=a*b=10*8=80`; without the middle part when both operands are numbers."""
     if isinstance(d.left, int) and isinstance(d.right, int):
-        return f"{d.name} = {d.left} {d.op} {d.right} = {result}"
-    return f"{d.name} = {d.left} {d.op} {d.right} = {left_value} {d.op} {right_value} = {result}"
+        return f"{d.name}={d.left}{d.op}{d.right}={result}"
+    return f"{d.name}={d.left}{d.op}{d.right}={left_value}{d.op}{right_value}={result}"
 
 
 def answer_sentence(answer: int | str) -> str:
@@ -282,11 +290,9 @@ def toy_problems(n: int, seed: int, cfg: TaskConfig = TaskConfig(), split: str =
 # ---------------------------------------------------------------------------------------------
 # Parsing and the step checker (diagnostics only)
 
-_DEFINITION = re.compile(r"([a-z]) = ([a-z]|\d+) ([-+*]) ([a-z]|\d+)")
-_PROBLEM = re.compile(r"^Given (.*)\. Find ([a-z])\.$")
-_STEP = re.compile(
-    r"^([a-z]) = ([a-z]|\d+) ([-+*]) ([a-z]|\d+) = (?:(\d+) ([-+*]) (\d+) = )?(-?\d+)$"
-)
+_DEFINITION = re.compile(r"^([a-z])=([a-z]|\d+)([-+*])([a-z]|\d+)$", re.MULTILINE)
+_PROBLEM = re.compile(r"^Given:\n((?:[^\n]+\n)+)Find ([a-z])\.$")
+_STEP = re.compile(r"^([a-z])=([a-z]|\d+)([-+*])([a-z]|\d+)=(?:(\d+)([-+*])(\d+)=)?(-?\d+)$")
 _BOXED = re.compile(r"\\boxed\{(-?\d+)\}")
 
 

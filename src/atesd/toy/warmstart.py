@@ -126,7 +126,7 @@ def _toy_teacher_completion(problem: Problem, rng: random.Random,
                             cfg: WarmStartConfig) -> tuple[str, tuple[int, int] | None]:
     program = task.parse_problem(problem.problem)
     if rng.random() < cfg.copy_order_prob:
-        order = [step.split(" = ", 1)[0] for step in problem.solution.split("\n\n")[:-1]]
+        order = [step.split("=", 1)[0] for step in problem.solution.split("\n\n")[:-1]]
     else:
         order = task.random_order(program, rng)
     if rng.random() >= cfg.wrong_prefix_prob:

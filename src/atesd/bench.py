@@ -1,0 +1,362 @@
+"""`atesd bench --suite toy`: every method on the toy world, same rollout budget, several seeds.
+
+For each seed and each method of `METHODS` (name → config file + overrides) the bench
+
+1. trains into `<out>/<seed>/<method>/` with `seed=<seed>`, validating on the val split a few
+   times (`validation.every`) and keeping the best model by validation Average@k in `best/`
+   ("base" does not train: it is the warm-started model, validated once the same way),
+2. evaluates `best/` on the first `test_problems` test problems, Average@k with k = `test_k`,
+   sampling seed = the training seed, so every method of a seed is scored on the same problems
+   with the same sampling seeds (paired comparisons),
+3. records the rollout tokens spent (the sum of `rollout/tokens` in metrics.jsonl up to the chosen
+   step, and in total) and the validation curve against cumulative rollout tokens,
+4. writes `result.json` atomically. A killed bench continues: runs with a result.json are skipped,
+   the others resume from their latest checkpoint with `train(cfg, resume=True)`.
+
+Then `atesd.bench_report` writes `<out>/bench.json`, `<out>/BENCHMARKS-toy.md` and the PNGs.
+
+The budget (stated in the report): every trained method sees the same number of (prompt, rollout)
+pairs per step, `prompts_per_step`. GRPO samples G rollouts per prompt, so it gets
+prompts_per_step / G distinct prompts per step (G = min(the config's G, prompts_per_step)).
+SFT samples nothing: its "rollout tokens" are the tokens of the reference completions it trains
+on, as the training loop logs them.
+
+Time plan (printed at start): the full suite has to fit in 90 minutes on 2 CPU cores. No toy-1m
+world was built when the step counts were chosen, so the cost model is an estimate, not a
+measurement: ~1 s per optimizer step of 32 rollouts × 128 tokens (`SECONDS_PER_ROLLOUT`, linear in
+rollouts; learned exposure adds its probe forwards, ~20 %), and ~0.6 s per 32 sampled evaluation
+completions (`SECONDS_PER_EVAL_SAMPLE`), plus ~5 s per run for loading and saving models. 12 methods
+× 3 seeds at 60 steps × 32 prompts, 5 validations of 64 problems × 4 samples and a test of 200
+problems × 8 samples ≈ 70 minutes. A resumed run's `train_seconds` counts its last stretch only.
+
+Departures (ours, not the papers'):
+  1. Toy scale: 60 steps, validation on 64 problems with k = 4, test on 200 problems with k = 8.
+  2. `--quick` builds its own tiny world (preset toy-test, 400 training problems, 50 warm-start
+     steps, cached): `toy:toy-test` warm-starts for 1200 steps, which takes over 6 minutes on 2
+     shared cores, too slow for a CI smoke.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+from atesd.config import ConfigError, TrainConfig, load_config
+from atesd.data import load_problems
+from atesd.rollout.base import SamplingParams
+
+RESULT_FILE = "result.json"
+PLAN_FILE = "bench_plan.json"
+SECONDS_PER_ROLLOUT = 1.0 / 32  # estimate: ~1 s per step of 32 rollouts × 128 tokens on 2 cores
+SECONDS_PER_EVAL_SAMPLE = 0.6 / 32  # estimate: sampling only, no backward pass
+LEARNED_OVERHEAD = 1.2  # probe NLL and grounding-score forwards of the learned exposure policy
+RUN_OVERHEAD_S = 5.0  # per run: loading models, checkpoints, saving best/
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the bench: a config file in configs/ and the overrides that make the method.
+    trains=False: evaluate the warm-started model as it is (the "base" row)."""
+
+    name: str
+    config: str
+    overrides: tuple[str, ...] = ()
+    trains: bool = True
+
+
+METHODS: tuple[Method, ...] = (
+    Method("base", "toy-opsd.yaml", trains=False),
+    Method("sft", "toy-sft.yaml"),
+    Method("grpo", "toy-grpo.yaml"),
+    Method("opsd", "toy-opsd.yaml"),  # fixed reveal ratio 1: the full reference
+    Method("fixed-0.25", "toy-opsd.yaml", ("exposure.reveal_ratio=0.25",)),
+    Method("fixed-0.5", "toy-opsd.yaml", ("exposure.reveal_ratio=0.5",)),
+    Method("fixed-0.75", "toy-opsd.yaml", ("exposure.reveal_ratio=0.75",)),
+    Method("random", "toy-atesd.yaml", ("exposure.policy=random",)),
+    Method("schedule", "toy-atesd.yaml", ("exposure.policy=schedule",)),
+    Method("atesd", "toy-atesd.yaml"),
+    Method("atesd-one-step", "toy-atesd.yaml", ("exposure.reward=one_step",)),
+    Method("atesd-no-gt", "toy-atesd.yaml", ("exposure.grounding_weight=0",)),
+)
+METHODS_BY_NAME = {m.name: m for m in METHODS}
+
+
+@dataclass(frozen=True)
+class BenchBudget:
+    """Per-run budget. Rollouts per run = steps × prompts_per_step for every trained method."""
+
+    steps: int
+    prompts_per_step: int
+    validation_every: int
+    val_problems: int
+    val_k: int
+    test_problems: int
+    test_k: int
+    max_new_tokens: int
+
+    @property
+    def rollouts_per_run(self) -> int:
+        return self.steps * self.prompts_per_step
+
+
+FULL_BUDGET = BenchBudget(steps=60, prompts_per_step=32, validation_every=12, val_problems=64, val_k=4,
+                          test_problems=200, test_k=8, max_new_tokens=128)
+QUICK_BUDGET = BenchBudget(steps=2, prompts_per_step=2, validation_every=1, val_problems=2, val_k=2,
+                           test_problems=8, test_k=2, max_new_tokens=32)
+
+
+@dataclass(frozen=True)
+class BenchOutcome:
+    """What `run_bench` returns: the output folder, the (seed, method) runs it trained or evaluated
+    in this call (finished runs found on disk are skipped) and the files it wrote."""
+
+    out: Path
+    ran: tuple[tuple[int, str], ...]
+    skipped: tuple[tuple[int, str], ...]
+    files: tuple[Path, ...]
+
+
+def write_json_atomic(path: Path, payload) -> None:
+    """JSON into a temporary sibling, then renamed over `path`."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def planned_seconds(budget: BenchBudget, methods: Sequence[Method], n_seeds: int) -> float:
+    """The cost model of the module docstring: training, validation and test sampling."""
+    total = 0.0
+    validations = -(-budget.steps // budget.validation_every)
+    for method in methods:
+        evaluation = budget.test_problems * budget.test_k
+        if method.trains:  # the exposure-controller configs pay for probe forwards (an upper bound)
+            overhead = LEARNED_OVERHEAD if method.config == "toy-atesd.yaml" else 1.0
+            total += budget.rollouts_per_run * SECONDS_PER_ROLLOUT * overhead
+            evaluation += validations * budget.val_problems * budget.val_k
+        else:
+            evaluation += budget.val_problems * budget.val_k
+        total += evaluation * SECONDS_PER_EVAL_SAMPLE + RUN_OVERHEAD_S
+    return total * n_seeds
+
+
+def _default_config_dir() -> Path:
+    here = Path("configs")
+    return here if (here / "toy-opsd.yaml").is_file() else Path(__file__).resolve().parents[2] / "configs"
+
+
+def quick_world() -> Path:
+    """A tiny cached toy world for `--quick` (departure 2)."""
+    from atesd.toy.build import ToyWorldConfig, build_toy_world
+    from atesd.toy.warmstart import WarmStartConfig
+
+    cfg = ToyWorldConfig(preset="toy-test", n_train=400, n_val=16, n_test=16, threads=1,
+                         warm_start=WarmStartConfig(steps=50, batch_size=16))
+    return build_toy_world(cfg, progress=False)
+
+
+def method_config(method: Method, seed: int, budget: BenchBudget, run_dir: Path, model_dir: str,
+                  data_dir: str, config_dir: Path | None = None) -> TrainConfig:
+    """The TrainConfig of one run: the method's file and overrides, then the bench's budget, seed
+    (also the exposure policy's seed), paths and validation settings; checkpoints at every
+    validation. GRPO gets prompts_per_step / G prompts of G rollouts each."""
+    common = [
+        f"model.name_or_path={model_dir}", f"data.train={Path(data_dir) / 'train.jsonl'}",
+        f"data.val={Path(data_dir) / 'val.jsonl'}", f"seed={seed}", f"exposure.seed={seed}",
+        f"steps={budget.steps}", f"prompts_per_step={budget.prompts_per_step}",
+        f"rollout.max_new_tokens={budget.max_new_tokens}", f"validation.every={budget.validation_every}",
+        f"validation.k={budget.val_k}", f"validation.max_problems={budget.val_problems}",
+        "validation.temperature=1.0", f"save_every={budget.validation_every}", f"output_dir={run_dir}",
+        "progress=false",
+    ]
+    path = (config_dir or _default_config_dir()) / method.config
+    cfg = load_config(path, [*method.overrides, *common])
+    if cfg.loss.objective == "grpo":
+        group = min(cfg.rollout.num_generations, budget.prompts_per_step)
+        if budget.prompts_per_step % group:
+            raise ConfigError(f"bench: prompts_per_step={budget.prompts_per_step} is not a multiple of GRPO's "
+                             f"{group} rollouts per prompt; the rollout budgets would differ")
+        cfg = load_config(path, [*method.overrides, *common, f"rollout.num_generations={group}",
+                                 f"prompts_per_step={budget.prompts_per_step // group}"])
+    return cfg
+
+
+def _sampling(budget: BenchBudget, seed: int) -> SamplingParams:
+    """Validation and test sampling: temperature 1, no truncation of the distribution (as training)."""
+    return SamplingParams(max_new_tokens=budget.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, seed=seed)
+
+
+def _evaluate_dir(model_dir: Path, problems, k: int, sampling: SamplingParams, cfg: TrainConfig):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from atesd.evaluate import evaluate
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return evaluate(model, tokenizer, problems, k=k, sampling=sampling, prompt_cfg=cfg.prompts, progress=False,
+                    score_workers=0, meta={"model": str(model_dir)})
+
+
+def _metrics_by_step(run_dir: Path) -> list[dict]:
+    """metrics.jsonl, one record per step (the last line of a repeated step wins), in step order."""
+    from atesd.report import read_jsonl
+
+    by_step = {r["step"]: r for r in read_jsonl(run_dir / "metrics.jsonl") if isinstance(r.get("step"), int)}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def training_record(run_dir: Path, chosen_step: int) -> dict:
+    """Rollout tokens to the chosen step (steps 0 … chosen_step − 1) and in total, the validation
+    curve [(step, cumulative rollout tokens, val Average@k)] and the reveal ratio per step."""
+    tokens, to_chosen, curve, ratios = 0, 0, [], []
+    for record in _metrics_by_step(run_dir):
+        tokens += int(record.get("rollout/tokens", 0))
+        if record["step"] < chosen_step:
+            to_chosen = tokens
+        if record.get("eval/val_average_at_k") is not None:
+            curve.append({"step": record["step"] + 1, "tokens": tokens,
+                          "val_accuracy": float(record["eval/val_average_at_k"])})
+        if record.get("exposure/reveal_ratio") is not None:
+            ratios.append([record["step"], float(record["exposure/reveal_ratio"])])
+    return {"rollout_tokens_to_chosen": to_chosen, "rollout_tokens_total": tokens, "val_curve": curve,
+            "reveal_ratios": ratios}
+
+
+def run_one(method: Method, seed: int, budget: BenchBudget, run_dir: Path, model_dir: str, data_dir: str,
+            config_dir: Path) -> dict:
+    """Train (or resume), choose `best/` by validation, evaluate it on the first `test_problems` test
+    problems, write result.json."""
+    from atesd.train import train
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = method_config(method, seed, budget, run_dir, model_dir, data_dir, config_dir)
+    sampling = _sampling(budget, seed)
+    test = load_problems(str(Path(data_dir) / "test.jsonl"))[: budget.test_problems]
+    started = time.perf_counter()
+    if method.trains:
+        train(cfg, resume=True)  # from the latest checkpoint, or from step 0 when there is none
+        chosen_dir = run_dir / "best"
+        validation = json.loads((chosen_dir / "validation.json").read_text())
+        chosen_step, val_best = int(validation["step"]), float(validation["average_at_k"])
+        record = training_record(run_dir, chosen_step)
+    else:  # the warm-started model, validated once like the trained runs (a line in bench_tokens.png)
+        chosen_dir, chosen_step = Path(model_dir), 0
+        val = load_problems(cfg.data.val)[: budget.val_problems]
+        val_best = _evaluate_dir(chosen_dir, val, budget.val_k, sampling, cfg).average_at_k
+        record = {"rollout_tokens_to_chosen": 0, "rollout_tokens_total": 0,
+                  "val_curve": [{"step": 0, "tokens": 0, "val_accuracy": val_best}], "reveal_ratios": []}
+    train_seconds = time.perf_counter() - started
+    report = _evaluate_dir(chosen_dir, test, budget.test_k, sampling, cfg)
+    result = {
+        "method": method.name, "seed": seed, "config": method.config, "overrides": list(method.overrides),
+        "objective": cfg.loss.objective, "exposure_policy": cfg.exposure.policy,
+        "prompts_per_step": cfg.prompts_per_step, "num_generations": cfg.rollout.num_generations,
+        "chosen_step": chosen_step, "val_best": val_best, **record,
+        "test": report.to_dict(), "train_seconds": round(train_seconds, 1),
+        "eval_seconds": round(time.perf_counter() - started - train_seconds, 1),
+    }
+    write_json_atomic(run_dir / RESULT_FILE, result)
+    return result
+
+
+def machine_info() -> dict:
+    """CPU model, core count, torch version and intra-op threads of this machine."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "python": platform.python_version()}
+
+
+def _check_plan(out: Path, plan: dict) -> None:
+    """A bench folder holds one budget: continuing it with another would mix incomparable runs."""
+    path = out / PLAN_FILE
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if {k: old.get(k) for k in ("budget", "model_dir", "data_dir")} != \
+                {k: plan[k] for k in ("budget", "model_dir", "data_dir")}:
+            raise ConfigError(f"{out} holds a bench with another budget or model ({path}); choose another --out")
+    write_json_atomic(path, plan)
+
+
+def run_bench(suite: str = "toy", seeds: int | None = None, quick: bool = False, out: str | os.PathLike | None = None,
+              methods: Sequence[str] | None = None, model_dir: str | os.PathLike | None = None,
+              data_dir: str | os.PathLike | None = None, config_dir: str | os.PathLike | None = None,
+              command: str | None = None) -> BenchOutcome:
+    """Run (or continue) the bench and write its report; see the module docstring.
+
+    seeds: how many seeds (0 … seeds − 1); default 3, or 1 with quick. methods: a subset of
+    `METHODS` by name (default all). model_dir / data_dir: a prebuilt model and a folder with
+    train.jsonl, val.jsonl, test.jsonl (default: the configs' toy world, or the quick world;
+    data_dir defaults to `<model_dir>/data`, a toy world's layout). command: shown in the report.
+    """
+    from atesd.bench_report import write_report
+
+    if suite != "toy":
+        raise ConfigError(f"bench: unknown suite {suite!r}; the only suite is 'toy'")
+    budget = QUICK_BUDGET if quick else FULL_BUDGET
+    seeds = seeds if seeds is not None else (1 if quick else 3)
+    if seeds < 1:
+        raise ConfigError(f"bench: --seeds must be >= 1, got {seeds}")
+    chosen = list(methods) if methods is not None else [m.name for m in METHODS]
+    unknown = [name for name in chosen if name not in METHODS_BY_NAME]
+    if unknown:
+        raise ConfigError(f"bench: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS_BY_NAME)}")
+    table = [METHODS_BY_NAME[name] for name in chosen]
+    out = Path(out if out is not None else ("runs/bench-toy-quick" if quick else "runs/bench-toy"))
+    config_dir = Path(config_dir) if config_dir is not None else _default_config_dir()
+    if model_dir is None:
+        if quick:
+            model_dir = quick_world()
+        else:
+            from atesd.toy.paths import resolve_toy_paths
+
+            print("[bench] building (or reusing) the toy world ...")
+            model_dir = resolve_toy_paths(load_config(config_dir / "toy-opsd.yaml")).model.name_or_path
+    model_dir = str(Path(model_dir).resolve())
+    data_dir = str(Path(data_dir).resolve() if data_dir is not None else Path(model_dir) / "data")
+    command = command or f"atesd bench --suite {suite} --seeds {seeds}{' --quick' if quick else ''} --out {out}"
+
+    out.mkdir(parents=True, exist_ok=True)
+    plan = {"suite": suite, "budget": asdict(budget), "seeds": list(range(seeds)), "methods": chosen,
+            "model_dir": model_dir, "data_dir": data_dir}
+    _check_plan(out, plan)
+    estimate = planned_seconds(budget, table, seeds)
+    print(f"[bench] {len(table)} methods × {seeds} seeds; per run {budget.steps} steps × "
+          f"{budget.prompts_per_step} rollouts = {budget.rollouts_per_run} (prompt, rollout) pairs "
+          f"(GRPO: prompts_per_step / G prompts × G rollouts); validation every {budget.validation_every} steps "
+          f"on {budget.val_problems} problems × {budget.val_k}; test Average@{budget.test_k} on "
+          f"{budget.test_problems} problems; estimated {estimate / 60:.1f} min on 2 CPU cores "
+          "(a cost model, see atesd.bench)")
+
+    results, ran, skipped = [], [], []
+    for seed in range(seeds):
+        for method in table:
+            run_dir = out / str(seed) / method.name
+            if (run_dir / RESULT_FILE).is_file():
+                results.append(json.loads((run_dir / RESULT_FILE).read_text()))
+                skipped.append((seed, method.name))
+                continue
+            t0 = time.perf_counter()
+            result = run_one(method, seed, budget, run_dir, model_dir, data_dir, config_dir)
+            results.append(result)
+            ran.append((seed, method.name))
+            print(f"[bench] seed {seed} {method.name}: test Average@{budget.test_k} "
+                  f"{100 * result['test']['average_at_k']:.1f}% (chosen step {result['chosen_step']}, "
+                  f"{time.perf_counter() - t0:.0f} s)")
+    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    meta = {"command": command, "machine": machine_info(), "date": date, "estimated_seconds": round(estimate), **plan}
+    files = write_report(out, results, meta)
+    return BenchOutcome(out, tuple(ran), tuple(skipped), tuple(files))

@@ -1,0 +1,263 @@
+"""The bench's report: `bench.json`, `BENCHMARKS-toy.md` and four PNGs from the runs' result.json.
+
+Written by `atesd.bench.run_bench` into the bench folder:
+  bench.json               the command, machine, date, budget and every run's result
+  BENCHMARKS-toy.md        a markdown section: test Average@k per method (mean ± std over seeds),
+                           the chosen step and rollout tokens, accuracy per difficulty, the paired
+                           difference against OPSD, rollout tokens to reach GRPO's final accuracy
+  bench_accuracy.png       test Average@k per method, bars with ± std over seeds
+  bench_per_difficulty.png test Average@k against difficulty, one line per method
+  bench_tokens.png         validation Average@k against cumulative rollout tokens, per method
+  bench_ratios.png         the reveal ratio α per step of the learned-exposure runs
+
+Statistics (ours):
+  1. std is the sample standard deviation over seeds (0 for one seed).
+  2. The paired difference against OPSD pools the (seed, test problem) pairs of the seeds both
+     methods ran and calls `atesd.evaluate.paired_difference` on them: its SE is the test-sampling
+     noise given the trained models, not the training-seed variance (the std column shows that).
+  3. "Tokens to reach GRPO": per seed, the threshold is GRPO's validation accuracy at its last
+     validation; a run reaches it at the cumulative rollout tokens of its first validation point at
+     or above it. The table shows the mean over the seeds that reached it and how many did.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Sequence
+
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from atesd.bench import write_json_atomic
+from atesd.evaluate import paired_difference
+
+MARKDOWN_FILE = "BENCHMARKS-toy.md"
+BENCH_JSON = "bench.json"
+PLOTS = ("bench_accuracy.png", "bench_per_difficulty.png", "bench_tokens.png", "bench_ratios.png")
+REFERENCE = "opsd"
+TOKEN_TARGET = "grpo"
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, sample std) of the values; std 0 for a single value."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def by_method(results: Sequence[dict], order: Sequence[str]) -> dict[str, list[dict]]:
+    """Results grouped by method in the bench's order, each group sorted by seed."""
+    groups = {name: sorted((r for r in results if r["method"] == name), key=lambda r: r["seed"]) for name in order}
+    return {name: runs for name, runs in groups.items() if runs}
+
+
+def _difficulties(results: Sequence[dict]) -> list[str]:
+    keys = {key for r in results for key in r["test"]["per_difficulty"]}
+
+    def order(key: str):
+        try:
+            return (0, float(key))
+        except ValueError:
+            return (1, 0.0)
+
+    return sorted(keys, key=lambda k: (order(k), k))
+
+
+def paired_vs_reference(groups: dict[str, list[dict]], name: str) -> tuple[float, float, int] | None:
+    """(mean, SE, pairs) of method − OPSD over the pooled (seed, problem) pairs (statistic 2)."""
+    if REFERENCE not in groups or name == REFERENCE:
+        return None
+    reference = {r["seed"]: r["test"]["per_problem_accuracy"] for r in groups[REFERENCE]}
+    before, after = {}, {}
+    for run in groups[name]:
+        if run["seed"] in reference:
+            for pid, accuracy in run["test"]["per_problem_accuracy"].items():
+                before[f"{run['seed']}/{pid}"] = reference[run["seed"]][pid]
+                after[f"{run['seed']}/{pid}"] = accuracy
+    if not before:
+        return None
+    mean, se = paired_difference(before, after)
+    return mean, se, len(before)
+
+
+def tokens_to_reach(groups: dict[str, list[dict]], name: str) -> list[int | None] | None:
+    """Per seed of `name`: rollout tokens at its first validation point ≥ GRPO's final validation
+    accuracy of that seed, or None when not reached (statistic 3); None without GRPO runs."""
+    if TOKEN_TARGET not in groups:
+        return None
+    targets = {r["seed"]: r["val_curve"][-1]["val_accuracy"] for r in groups[TOKEN_TARGET] if r["val_curve"]}
+    reached = []
+    for run in groups[name]:
+        if run["seed"] not in targets:
+            continue
+        hits = [p["tokens"] for p in run["val_curve"] if p["val_accuracy"] >= targets[run["seed"]]]
+        reached.append(hits[0] if hits else None)
+    return reached
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def markdown(groups: dict[str, list[dict]], meta: dict, plots: Sequence[str] = PLOTS) -> str:
+    """The BENCHMARKS-toy.md section; `plots`: PNG file names to show at its end."""
+    budget, machine = meta["budget"], meta["machine"]
+    k = budget["test_k"]
+    lines = [
+        "## Toy suite", "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
+        f"({machine['threads']} threads), Python {machine['python']}  ",
+        f"Date: {meta['date']}  ",
+        f"Seeds: {', '.join(str(s) for s in meta['seeds'])}", "",
+        f"Budget: every trained method gets {budget['steps']} steps × {budget['prompts_per_step']} "
+        f"(prompt, rollout) pairs = {budget['steps'] * budget['prompts_per_step']} rollouts; GRPO samples G "
+        f"rollouts per prompt and so sees prompts_per_step / G prompts per step. SFT samples nothing: its "
+        f"token counts are the reference tokens it trains on. The checkpoint is chosen by validation "
+        f"Average@{budget['val_k']} on {budget['val_problems']} validation problems (every "
+        f"{budget['validation_every']} steps and after the last), never on the test split. Test: "
+        f"Average@{k} on {budget['test_problems']} test problems, sampling seed = training seed "
+        f"(paired across methods), temperature 1, at most {budget['max_new_tokens']} new tokens.", "",
+        f"### Test Average@{k} (mean ± std over seeds)", "",
+        f"| method | test Average@{k} (%) | chosen step | rollout tokens to chosen step | rollout tokens in total |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, runs in groups.items():
+        acc = mean_std([r["test"]["average_at_k"] for r in runs])
+        step = statistics.fmean(r["chosen_step"] for r in runs)
+        chosen = statistics.fmean(r["rollout_tokens_to_chosen"] for r in runs)
+        total = statistics.fmean(r["rollout_tokens_total"] for r in runs)
+        lines.append(f"| {name} | {_pct(acc[0])} ± {_pct(acc[1])} | {step:.1f} | {chosen:,.0f} | {total:,.0f} |")
+
+    levels = _difficulties([r for runs in groups.values() for r in runs])
+    lines += ["", f"### Test Average@{k} by difficulty (%, mean ± std over seeds)", "",
+              "| method | " + " | ".join(f"difficulty {d}" for d in levels) + " |",
+              "| --- |" + " --- |" * len(levels)]
+    for name, runs in groups.items():
+        cells = []
+        for level in levels:
+            values = [r["test"]["per_difficulty"][level]["average_at_k"] for r in runs
+                      if level in r["test"]["per_difficulty"]]
+            cells.append(f"{_pct(mean_std(values)[0])} ± {_pct(mean_std(values)[1])}" if values else "–")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+
+    lines += ["", f"### Paired difference against OPSD (test Average@{k}, points)", ""]
+    if REFERENCE not in groups:
+        lines.append("OPSD is not in this bench.")
+    else:
+        lines += ["| method | Δ vs OPSD | SE | (seed, problem) pairs | significant (abs Δ > 2·SE) |",
+                  "| --- | --- | --- | --- | --- |"]
+        for name in groups:
+            diff = paired_vs_reference(groups, name)
+            if diff is not None:
+                mean, se, n = diff
+                lines.append(f"| {name} | {100 * mean:+.1f} | {100 * se:.1f} | {n} | "
+                             f"{'yes' if abs(mean) > 2 * se else 'no'} |")
+
+    lines += ["", "### Rollout tokens to reach GRPO's final validation accuracy", ""]
+    if TOKEN_TARGET not in groups:
+        lines.append("GRPO is not in this bench.")
+    else:
+        lines += ["| method | rollout tokens (mean over seeds that reached it) | seeds that reached it |",
+                  "| --- | --- | --- |"]
+        for name in groups:
+            hits = tokens_to_reach(groups, name) or []
+            reached = [t for t in hits if t is not None]
+            shown = f"{statistics.fmean(reached):,.0f}" if reached else "not reached"
+            lines.append(f"| {name} | {shown} | {len(reached)}/{len(hits)} |")
+    lines += ["", *(f"![{name[:-4]}]({name})" for name in plots), ""]
+    return "\n".join(lines)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _colors(n: int) -> list:
+    cmap = colormaps["tab20"]
+    return [cmap(i % 20) for i in range(n)]
+
+
+def plot_accuracy(groups, k: int, path: Path) -> Path:
+    fig = Figure(figsize=(9, 4))
+    ax = fig.add_subplot()
+    names = list(groups)
+    stats = [mean_std([100 * r["test"]["average_at_k"] for r in groups[n]]) for n in names]
+    ax.bar(range(len(names)), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3, color=_colors(len(names)))
+    ax.set_xticks(range(len(names)), names, rotation=40, ha="right")
+    ax.set_ylabel(f"test Average@{k} (%)")
+    ax.set_title("Test accuracy per method (mean ± std over seeds)")
+    return _save(fig, path)
+
+
+def plot_per_difficulty(groups, k: int, path: Path) -> Path:
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.add_subplot()
+    levels = _difficulties([r for runs in groups.values() for r in runs])
+    for color, (name, runs) in zip(_colors(len(groups)), groups.items()):
+        ys = [statistics.fmean(100 * r["test"]["per_difficulty"][lv]["average_at_k"] for r in runs
+                               if lv in r["test"]["per_difficulty"]) for lv in levels]
+        ax.plot(levels, ys, marker="o", color=color, label=name)
+    ax.set_xlabel("difficulty")
+    ax.set_ylabel(f"test Average@{k} (%)")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def plot_tokens(groups, val_k: int, path: Path) -> Path:
+    """Validation accuracy against cumulative rollout tokens; points averaged over seeds by index."""
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.add_subplot()
+    for color, (name, runs) in zip(_colors(len(groups)), groups.items()):
+        curves = [r["val_curve"] for r in runs]
+        if name == "base" or not curves[0]:
+            base = statistics.fmean(100 * c[0]["val_accuracy"] for c in curves if c)
+            ax.axhline(base, color=color, linestyle="--", label=name)
+            continue
+        n = min(len(c) for c in curves)
+        xs = [statistics.fmean(c[i]["tokens"] for c in curves) for i in range(n)]
+        ys = [statistics.fmean(100 * c[i]["val_accuracy"] for c in curves) for i in range(n)]
+        ax.plot(xs, ys, marker="o", color=color, label=name)
+    ax.set_xlabel("cumulative rollout tokens (SFT: reference tokens)")
+    ax.set_ylabel(f"validation Average@{val_k} (%)")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def plot_ratios(groups, path: Path) -> Path | None:
+    learned = {n: runs for n, runs in groups.items() if runs[0].get("exposure_policy") == "learned"}
+    if not learned:
+        path.unlink(missing_ok=True)
+        return None
+    fig = Figure(figsize=(4 * len(learned), 3.5))
+    for i, (name, runs) in enumerate(learned.items()):
+        ax = fig.add_subplot(1, len(learned), i + 1)
+        for run in runs:
+            steps = [s for s, _ in run["reveal_ratios"]]
+            ax.plot(steps, [a for _, a in run["reveal_ratios"]], label=f"seed {run['seed']}")
+        ax.set_ylim(0, 1.05)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_ylabel("reveal ratio α")
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def write_report(out: Path, results: Sequence[dict], meta: dict) -> list[Path]:
+    """bench.json, BENCHMARKS-toy.md and the PNGs into `out`; returns the paths written."""
+    groups = by_method(results, meta["methods"])
+    budget = meta["budget"]
+    plots = [plot_accuracy(groups, budget["test_k"], out / PLOTS[0]),
+             plot_per_difficulty(groups, budget["test_k"], out / PLOTS[1]),
+             plot_tokens(groups, budget["val_k"], out / PLOTS[2]),
+             plot_ratios(groups, out / PLOTS[3])]
+    plots = [p for p in plots if p is not None]
+    write_json_atomic(out / BENCH_JSON, {**meta, "results": list(results)})
+    markdown_path = out / MARKDOWN_FILE
+    tmp = markdown_path.with_name(f".{MARKDOWN_FILE}.tmp")
+    tmp.write_text(markdown(groups, meta, [p.name for p in plots]))
+    tmp.replace(markdown_path)
+    return [out / BENCH_JSON, markdown_path, *plots]

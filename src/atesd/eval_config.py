@@ -1,0 +1,183 @@
+"""Evaluation configs: one YAML file per benchmark for `atesd eval --config FILE [--model M]`.
+
+An `EvalConfig` holds the arguments of `atesd.evaluate.run_eval` (same names, same defaults as the
+`atesd eval` flags) plus the data source: `data`, `split` and `columns` (our field → the source's
+column, as `atesd.data.load_problems` takes it). A file may start with `base: other.yaml`
+(relative to the file), merged first, so each benchmark file states only its data. Precedence:
+defaults ← base files ← the file ← command-line flags.
+
+The shipped configs (configs/eval/) reproduce the evaluation of ATESD (arXiv 2605.11458) and OPSD
+(arXiv 2601.18734): AIME 2024, AIME 2025 and HMMT February 2025 at Average@12, thinking on,
+temperature 1.0, top-p 0.95, up to 38,912 new tokens, math-verify on the last `\\boxed{}`.
+
+Where we depart from the papers / what we add:
+1. Benchmarks have a problem and a final answer, no worked solution. `prepare_eval_dir` loads them
+   with `load_problems(..., require_solution=False)` and writes `out_dir/problems.jsonl` (the exact
+   problems evaluated) plus `out_dir/eval_config.yaml` (the resolved config, with the hub id);
+   `run_eval` then reads that file. A row without a boxed solution gets the stand-in solution
+   `\\boxed{answer}`: it is never shown to the model (evaluation uses only the problem and the
+   answer), it only satisfies the training-data validation that `run_eval` applies.
+2. The papers do not say whether top-k was used at evaluation; the shipped configs disable it
+   (top_k 0), sampling exactly "temperature 1.0, top-p 0.95".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from atesd.config import ConfigError
+
+PROBLEMS_FILE = "problems.jsonl"
+CONFIG_FILE = "eval_config.yaml"
+_DTYPES = ("float32", "bfloat16", "float16")
+_COLUMN_FIELDS = ("id", "problem", "solution", "answer", "difficulty", "source")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation: which model, which problems, how to sample. Fields mirror `run_eval`."""
+
+    model: Optional[str] = None  # local model directory or hub id (usually given with --model)
+    data: Optional[str] = None  # problem file (JSONL/JSON/CSV/Parquet) or hub dataset name
+    split: Optional[str] = None  # hub split; only for hub datasets
+    columns: dict[str, str] = field(default_factory=dict)  # field → column, e.g. {id: problem_idx}
+    k: int = 8  # samples per problem (Average@k)
+    out_dir: str = "eval"  # eval.json, eval.md, samples.jsonl, problems.jsonl, eval_config.yaml
+    max_new_tokens: int = 1024
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 20  # 0: no top-k filter
+    seed: int = 0
+    limit: Optional[int] = None  # the first N problems only
+    thinking: bool = False  # the student prompt's enable_thinking
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    batch_size: int = 64  # samples per generation call
+    device: Optional[str] = None  # None: cuda when available, else cpu
+    score_workers: Optional[int] = None  # answer-checking processes (None: default pool; 0: in-process)
+    write_samples: bool = True  # also write samples.jsonl
+
+
+def _field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(EvalConfig)]
+
+
+def _merge(conf, other, source: str):
+    try:
+        return OmegaConf.merge(conf, other)
+    except ConfigKeyError as err:
+        bad = str(getattr(err, "full_key", None) or err)
+        close = difflib.get_close_matches(bad, _field_names(), n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{source}: unknown eval config key '{bad}'{hint}") from None
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", "?")
+        detail = str(getattr(err, "msg", err)).splitlines()[0]
+        raise ConfigError(f"{source}: invalid value for '{key}': {detail}") from None
+
+
+def _merge_file(conf, path: Path, seen: tuple):
+    if not path.is_file():
+        raise ConfigError(f"{path}: eval config file not found")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base' files form a cycle")
+    try:
+        file_conf = OmegaConf.load(path)
+    except Exception as err:  # yaml errors carry the line
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    base = file_conf.pop("base", None) if OmegaConf.is_dict(file_conf) else None
+    if base is not None:
+        conf = _merge_file(conf, path.parent / str(base), seen + (path.resolve(),))
+    return _merge(conf, file_conf, str(path))
+
+
+def load_eval_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> EvalConfig:
+    """Defaults ← base files ← the YAML file at `path` ← `overrides` (field name → value; the CLI
+    passes only the flags given). Overriding `data` without `split` clears the split: a split
+    belongs to its dataset. Raises ConfigError for an unknown key or an invalid value.
+    `model` and `data` may still be None here: see `check_complete`."""
+    conf = OmegaConf.structured(EvalConfig)
+    if path is not None:
+        conf = _merge_file(conf, Path(path), seen=())
+    overrides = dict(overrides or {})
+    if "data" in overrides and "split" not in overrides:
+        overrides["split"] = None
+    if overrides:
+        conf = _merge(conf, OmegaConf.create(overrides), "command line")
+    try:
+        cfg = OmegaConf.to_object(conf)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(str(err)) from None
+    validate_eval_config(cfg)
+    return cfg
+
+
+def validate_eval_config(cfg: EvalConfig) -> None:
+    """Range checks; each message names the key."""
+    if cfg.k < 1:
+        raise ConfigError(f"k must be >= 1, got {cfg.k}")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    if cfg.max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be >= 1, got {cfg.max_new_tokens}")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise ConfigError(f"limit must be >= 1 (or null for all problems), got {cfg.limit}")
+    if cfg.temperature < 0:
+        raise ConfigError(f"temperature must be >= 0, got {cfg.temperature}")
+    if not 0 < cfg.top_p <= 1:
+        raise ConfigError(f"top_p must be in (0, 1], got {cfg.top_p}")
+    if cfg.top_k < 0:
+        raise ConfigError(f"top_k must be >= 0 (0 disables it), got {cfg.top_k}")
+    if cfg.dtype not in _DTYPES:
+        raise ConfigError(f"dtype={cfg.dtype!r} is not one of {', '.join(_DTYPES)}")
+    unknown = sorted(set(cfg.columns) - set(_COLUMN_FIELDS))
+    if unknown:
+        raise ConfigError(f"columns: unknown field(s) {unknown}; the fields are {list(_COLUMN_FIELDS)}")
+
+
+def check_complete(cfg: EvalConfig) -> None:
+    """A runnable config names a model and data; the message says which flag supplies each."""
+    missing = [f"{name} (--{name})" for name in ("model", "data") if not getattr(cfg, name)]
+    if missing:
+        raise ConfigError(f"missing required eval value(s): {', '.join(missing)}")
+
+
+def _stand_in_solution(problem) -> str:
+    """The problem's own solution when it has a boxed answer, else `\\boxed{answer}` (departure 1)."""
+    from atesd.answers import extract_boxed
+
+    if extract_boxed(problem.solution):
+        return problem.solution
+    boxed = f"\\boxed{{{problem.answer}}}"
+    return boxed if extract_boxed(boxed) == problem.answer else "\\boxed{?}"
+
+
+def prepare_eval_dir(cfg: EvalConfig) -> Path:
+    """Load cfg's problems as an evaluation-only set; write the ones evaluated (the first `limit`),
+    with stand-in solutions, to `out_dir/problems.jsonl` and the resolved config to
+    `out_dir/eval_config.yaml`; return the problems file, `run_eval`'s data path (departure 1)."""
+    from atesd.data import DataError, load_problems, write_problems
+
+    check_complete(cfg)
+    try:
+        problems = load_problems(cfg.data, split=cfg.split, columns=cfg.columns or None, require_solution=False)
+    except DataError:
+        raise
+    except ValueError as err:  # e.g. a split given for a local file
+        raise ConfigError(f"data={cfg.data!r}: {err}") from None
+    problems = problems[:cfg.limit] if cfg.limit is not None else problems
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / PROBLEMS_FILE
+    write_problems(path, [dataclasses.replace(p, solution=_stand_in_solution(p)) for p in problems])
+    (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    return path
+
+
+__all__ = ["EvalConfig", "load_eval_config", "validate_eval_config", "check_complete", "prepare_eval_dir"]

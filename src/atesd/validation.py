@@ -1,0 +1,58 @@
+"""Periodic validation: sampled Average@k on `data.val`, and the best model kept by it.
+
+Checkpoints are chosen on the validation split only; the test split is for the final report
+(peers select the best checkpoint per benchmark on the test set, which inflates their numbers).
+Problems are split across processes and the per-problem accuracies gathered, so every process
+takes part (sharded models need that) and none repeats another's work.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from accelerate.utils import gather_object
+
+from atesd.data import load_problems
+from atesd.evaluate import evaluate
+from atesd.rollout.base import SamplingParams
+
+
+class Validator:
+    def __init__(self, cfg, tokenizer, out: Path):
+        self.cfg, self.tokenizer, self.out = cfg, tokenizer, out
+        self.problems = load_problems(cfg.data.val, on_bad_row=cfg.data.on_bad_row)[: cfg.validation.max_problems]
+        self.best = float("-inf")
+        self.best_step = None
+
+    def due(self, step: int) -> bool:
+        every = self.cfg.validation.every
+        return bool(every) and ((step + 1) % every == 0 or step + 1 == self.cfg.steps)
+
+    def run(self, accelerator, model, step: int, save_model) -> dict:
+        """Evaluate θ after step `step`; keep it in `best/` when it beats every earlier evaluation."""
+        v = self.cfg.validation
+        sampling = SamplingParams(max_new_tokens=v.max_new_tokens or self.cfg.rollout.max_new_tokens,
+                                  temperature=v.temperature, seed=self.cfg.seed)
+        mine = self.problems[accelerator.process_index::accelerator.num_processes]
+        report = evaluate(model, self.tokenizer, mine, k=v.k, sampling=sampling, prompt_cfg=self.cfg.prompts,
+                          progress=False, score_workers=0)
+        per_problem = list(report.per_problem_accuracy.values())
+        if accelerator.num_processes > 1:
+            per_problem = gather_object(per_problem)
+        accuracy = sum(per_problem) / max(1, len(per_problem))
+        improved = accuracy > self.best
+        if improved:
+            self.best, self.best_step = accuracy, step + 1
+            if accelerator.is_main_process:
+                save_model(self.out / "best")
+                (self.out / "best" / "validation.json").write_text(
+                    json.dumps({"step": self.best_step, "average_at_k": accuracy, "k": v.k,
+                                "n_problems": len(per_problem)}, indent=2) + "\n")
+        return {"eval/val_average_at_k": accuracy, "eval/val_best": self.best, "eval/val_improved": improved}
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_step = state["best"], state["best_step"]

@@ -1,0 +1,124 @@
+"""The toy bench: the method table, the quick suite end to end on the tiny fixture model, resuming."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from atesd.bench import FULL_BUDGET, METHODS, QUICK_BUDGET, method_config, planned_seconds, run_bench
+from atesd.bench_report import PLOTS, tokens_to_reach
+from atesd.data import write_problems
+from atesd.toy.task import toy_problems
+
+BENCH_METHODS = ["base", "opsd", "grpo", "atesd"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """train/val/test JSONL files of toy problems, as a toy world's data folder holds them."""
+    folder = tmp_path_factory.mktemp("bench-data")
+    write_problems(folder / "train.jsonl", toy_problems(64, seed=0, split="train"))
+    write_problems(folder / "val.jsonl", toy_problems(10, seed=0, split="val"))
+    write_problems(folder / "test.jsonl", toy_problems(10, seed=0, split="test"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def quick_bench(tiny_model_dir, data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "out"
+    outcome = run_bench(quick=True, out=out, methods=BENCH_METHODS, model_dir=tiny_model_dir, data_dir=data_dir)
+    return out, outcome
+
+
+def test_method_table_has_all_twelve_methods_with_distinct_names():
+    names = [m.name for m in METHODS]
+    assert names == ["base", "sft", "grpo", "opsd", "fixed-0.25", "fixed-0.5", "fixed-0.75", "random",
+                     "schedule", "atesd", "atesd-one-step", "atesd-no-gt"]
+    assert [m.name for m in METHODS if not m.trains] == ["base"]
+
+
+def test_every_method_config_loads_with_the_same_rollout_budget(tmp_path, tiny_model_dir, data_dir):
+    expected = {"sft": ("sft", "fixed"), "grpo": ("grpo", "fixed"), "opsd": ("distill", "fixed"),
+                "random": ("distill", "random"), "schedule": ("distill", "schedule"),
+                "atesd": ("distill", "learned")}
+    for method in METHODS:
+        cfg = method_config(method, 1, FULL_BUDGET, tmp_path / method.name, str(tiny_model_dir), str(data_dir))
+        assert cfg.prompts_per_step * cfg.rollout.num_generations == FULL_BUDGET.prompts_per_step
+        assert cfg.seed == 1 and cfg.steps == FULL_BUDGET.steps and cfg.validation.every == FULL_BUDGET.validation_every
+        if method.name in expected:
+            assert (cfg.loss.objective, cfg.exposure.policy) == expected[method.name]
+        if method.name == "fixed-0.25":
+            assert cfg.exposure.reveal_ratio == 0.25
+        if method.name == "atesd-one-step":
+            assert cfg.exposure.reward == "one_step"
+        if method.name == "atesd-no-gt":
+            assert cfg.exposure.grounding_weight == 0
+    grpo = method_config(METHODS[2], 0, FULL_BUDGET, tmp_path / "g", str(tiny_model_dir), str(data_dir))
+    assert (grpo.prompts_per_step, grpo.rollout.num_generations) == (4, 8)
+
+
+def test_full_suite_plan_fits_in_ninety_minutes_on_the_cost_model():
+    assert planned_seconds(FULL_BUDGET, METHODS, n_seeds=3) < 90 * 60
+    validations = -(-FULL_BUDGET.steps // FULL_BUDGET.validation_every)
+    assert 4 <= validations <= 5
+
+
+def test_quick_bench_writes_results_report_and_plots(quick_bench):
+    out, outcome = quick_bench
+    assert sorted(outcome.ran) == sorted((0, m) for m in BENCH_METHODS) and not outcome.skipped
+    for method in BENCH_METHODS:
+        result = json.loads((out / "0" / method / "result.json").read_text())
+        assert result["method"] == method and result["test"]["k"] == QUICK_BUDGET.test_k
+        assert result["test"]["n_problems"] == QUICK_BUDGET.test_problems
+        if method == "base":
+            assert result["chosen_step"] == 0 and result["rollout_tokens_total"] == 0
+        else:  # the checkpoint comes from validation, and the tokens are counted up to it
+            assert 1 <= result["chosen_step"] <= QUICK_BUDGET.steps
+            assert (out / "0" / method / "best" / "validation.json").is_file()
+            assert [p["step"] for p in result["val_curve"]] == [1, 2]
+            assert 0 < result["rollout_tokens_to_chosen"] <= result["rollout_tokens_total"]
+    bench = json.loads((out / "bench.json").read_text())
+    assert len(bench["results"]) == len(BENCH_METHODS) and bench["budget"]["steps"] == QUICK_BUDGET.steps
+    text = (out / "BENCHMARKS-toy.md").read_text()
+    for needle in ("atesd bench --suite toy", "torch", "Paired difference against OPSD",
+                   "reach GRPO's final validation accuracy", "| atesd |", "difficulty 1"):
+        assert needle in text
+    for plot in PLOTS:
+        assert (out / plot).stat().st_size > 1000
+
+
+def test_tokens_to_reach_grpo_uses_the_first_validation_point_at_or_above_its_final_accuracy():
+    def run(method, curve):
+        return {"method": method, "seed": 0, "val_curve": [{"tokens": t, "val_accuracy": a} for t, a in curve]}
+
+    groups = {"grpo": [run("grpo", [(10, 0.2), (20, 0.5)])], "fast": [run("fast", [(5, 0.6), (9, 0.7)])],
+              "slow": [run("slow", [(5, 0.1), (9, 0.4)])]}
+    assert tokens_to_reach(groups, "grpo") == [20]
+    assert tokens_to_reach(groups, "fast") == [5]
+    assert tokens_to_reach(groups, "slow") == [None]
+
+
+def test_killed_bench_redoes_only_the_run_without_result_resuming_its_checkpoint(quick_bench, tiny_model_dir,
+                                                                                  data_dir):
+    out, _ = quick_bench
+    run_dir = out / "0" / "opsd"
+    (run_dir / "result.json").unlink()  # as if killed during the last step: no result, no step-2 checkpoint
+    shutil.rmtree(run_dir / "checkpoints" / "step-000002")
+    first_step_line = (run_dir / "metrics.jsonl").read_text().splitlines()[0]
+    kept = {m: (out / "0" / m / "result.json").stat().st_mtime_ns for m in BENCH_METHODS if m != "opsd"}
+    outcome = run_bench(quick=True, out=out, methods=BENCH_METHODS, model_dir=tiny_model_dir, data_dir=data_dir)
+    assert outcome.ran == ((0, "opsd"),)
+    assert sorted(outcome.skipped) == sorted((0, m) for m in kept)
+    assert (run_dir / "result.json").is_file()
+    assert {m: (out / "0" / m / "result.json").stat().st_mtime_ns for m in kept} == kept
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [0, 1]
+    assert lines[0] == first_step_line  # step 0 was not run again: the run resumed from step-000001
+
+
+def test_bench_folder_refuses_another_budget(quick_bench, tiny_model_dir, data_dir):
+    out, _ = quick_bench
+    with pytest.raises(ValueError, match="another budget"):
+        run_bench(quick=False, out=out, methods=["base"], model_dir=tiny_model_dir, data_dir=data_dir)

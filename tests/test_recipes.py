@@ -1,0 +1,77 @@
+"""The Qwen3 paper recipes in configs/: each size and method differs from its neighbours only where
+the papers say it should, and every file's header says how to run it, on what, for how long."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from atesd.config import load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SIZES = ("1.7b", "4b", "8b")
+METHODS = ("opsd", "atesd", "grpo")
+
+
+def _flat(cfg) -> dict:
+    out = {}
+
+    def walk(value, prefix):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{prefix}{key}.")
+        else:
+            out[prefix[:-1]] = value
+
+    walk(dataclasses.asdict(cfg), "")
+    return out
+
+
+def _recipe(size: str, method: str) -> dict:
+    return _flat(load_config(CONFIGS / f"qwen3-{size}-{method}.yaml"))
+
+
+def _differences(a: dict, b: dict) -> dict:
+    return {key: (a[key], b[key]) for key in a if a[key] != b[key]}
+
+
+@pytest.mark.parametrize("size", SIZES[1:])
+def test_larger_opsd_recipe_changes_only_the_model_and_for_8b_the_published_clip(size):
+    changed = _differences(_recipe("1.7b", "opsd"), _recipe(size, "opsd"))
+    expected = {"model.name_or_path": ("Qwen/Qwen3-1.7B", f"Qwen/Qwen3-{size.upper()}"),
+                "output_dir": ("runs/qwen3-1.7b-opsd", f"runs/qwen3-{size}-opsd")}
+    if size == "8b":
+        expected["loss.token_clip"] = (0.05, 0.06)  # OPSD: 0.05 for 1.7B/4B, 0.06 for 8B
+    assert changed == expected
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_atesd_recipe_is_its_sizes_opsd_recipe_plus_the_same_learned_controller(size):
+    opsd, atesd = _recipe(size, "opsd"), _recipe(size, "atesd")
+    changed = _differences(opsd, atesd)
+    assert changed.pop("output_dir") == (f"runs/qwen3-{size}-opsd", f"runs/qwen3-{size}-atesd")
+    assert changed.pop("exposure.policy") == ("fixed", "learned")
+    assert all(key.startswith("exposure.") for key in changed)
+    reference = {k: v for k, v in _recipe("1.7b", "atesd").items() if k.startswith("exposure.")}
+    assert {k: v for k, v in atesd.items() if k.startswith("exposure.")} == reference
+
+
+@pytest.mark.parametrize("size", SIZES[1:])
+def test_larger_grpo_recipe_changes_only_the_model_and_keeps_each_group_in_one_micro_batch(size):
+    changed = _differences(_recipe("1.7b", "grpo"), _recipe(size, "grpo"))
+    assert changed.pop("model.name_or_path")[1] == f"Qwen/Qwen3-{size.upper()}"
+    assert changed.pop("output_dir")[1] == f"runs/qwen3-{size}-grpo"
+    assert set(changed) <= {"optim.grad_accum_steps"}
+    grpo = _recipe(size, "grpo")
+    prompts_per_gpu = grpo["prompts_per_step"] // 8
+    assert prompts_per_gpu % grpo["optim.grad_accum_steps"] == 0  # whole groups per micro-batch
+
+
+@pytest.mark.parametrize("size", SIZES[1:])
+@pytest.mark.parametrize("method", METHODS)
+def test_recipe_header_states_its_command_hardware_and_expected_time(size, method):
+    name = f"qwen3-{size}-{method}.yaml"
+    header = [line for line in (CONFIGS / name).read_text().splitlines() if line.startswith("#")]
+    text = "\n".join(header)
+    assert "accelerate launch" in text and f"--config configs/{name}" in text
+    assert "Hardware:" in text and "Expected time:" in text
