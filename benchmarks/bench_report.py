@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shlex
 import sys
 from pathlib import Path
@@ -17,17 +16,9 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict:
-    """CPU model, logical cores, load average at the start, memory and library versions."""
-    import torch
+    """atesd.bench.machine_info (CPU model, cores, torch, Python) plus memory and load at the start."""
+    from atesd.bench import machine_info
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     memory_gib = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -35,14 +26,8 @@ def machine() -> dict:
                 memory_gib = round(int(line.split()[1]) / 2**20, 1)
     except OSError:
         pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "memory_gib": memory_gib,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
+    load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    return {**machine_info(), "load_average_1min": load, "memory_gib": memory_gib}
 
 
 def machine_line(info: dict) -> str:

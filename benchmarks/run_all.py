@@ -8,6 +8,10 @@ figures, each benchmark's tables, the commands, the machine) is printed and writ
     python benchmarks/run_all.py                  # full sizes (about 10 minutes on 2 cores)
     python benchmarks/run_all.py --quick          # tiny sizes, each benchmark < 60 s
     python benchmarks/run_all.py --only step_time,flops
+
+`trl_step` (atesd vs TRL's SDFTTrainer) is optional: it runs only where `import trl` works (TRL is a
+benchmark-only dependency, e.g. `.venv-trl/bin/python benchmarks/run_all.py`); elsewhere it is
+skipped with a note.
 """
 
 from __future__ import annotations
@@ -26,7 +30,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_report import command_line, machine, machine_line, progress, table, write_results  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("divergence_memory", "step_time", "flops")
+BENCHMARKS = ("divergence_memory", "step_time", "flops", "trl_step")
+OPTIONAL = {"trl_step": "trl"}  # benchmark → module it needs; skipped where that import fails
+
+
+def missing_module(name: str) -> str | None:
+    """The module an optional benchmark needs when it cannot be imported here, else None."""
+    module = OPTIONAL.get(name)
+    if module is None:
+        return None
+    try:
+        __import__(module)
+    except ImportError:
+        return module
+    return None
 
 
 def run_benchmark(name: str, quick: bool, extra: list[str]) -> dict:
@@ -61,6 +78,10 @@ def headline(results: dict) -> list[list]:
     if step and "error" not in step:
         rows.append(["step time ATESD / OPSD", f"{step['ratio_atesd_over_opsd']:.3f}×",
                      f"≤ {step['goal_ratio']:.2f}×"])
+    trl_step = results.get("trl_step")
+    if trl_step and "error" not in trl_step and "skipped" not in trl_step:
+        rows.append(["full OPSD step, atesd / TRL SDFTTrainer steps/s (slowest case)",
+                     f"{trl_step['min_speedup']:.2f}×", f"≥ {trl_step['goal_speedup']:.1f}×"])
     flops = results.get("flops")
     if flops and "error" not in flops:
         for m in flops["models"]:
@@ -85,7 +106,10 @@ def to_markdown(results: dict, info: dict, command: str, quick: bool) -> str:
     ]
     for name, result in results.items():
         parts += ["", f"Command: `{result.get('command', name)}` ({result['wall_s']:.0f} s)", ""]
-        parts.append(result["markdown"] if "markdown" in result else f"### {name}\n\nFAILED: {result['error']}")
+        if "skipped" in result:
+            parts.append(f"### {name}\n\nSkipped: {result['skipped']}")
+        else:
+            parts.append(result["markdown"] if "markdown" in result else f"### {name}\n\nFAILED: {result['error']}")
     return "\n".join(parts)
 
 
@@ -100,7 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}")
     info, command = machine(), command_line()
-    results = {name: run_benchmark(name, args.quick, []) for name in chosen}
+    results = {}
+    for name in chosen:
+        missing = missing_module(name)
+        if missing:
+            note = f"`import {missing}` fails in this environment (optional, benchmark-only dependency)"
+            progress(f"== {name}: skipped, {note}")
+            results[name] = {"benchmark": name, "skipped": note, "wall_s": 0.0, "command": f"python benchmarks/{name}.py"}
+        else:
+            results[name] = run_benchmark(name, args.quick, [])
     markdown = to_markdown(results, info, command, args.quick)
     name = args.name or ("systems-quick" if args.quick else "systems")
     md, js = write_results(name, markdown, {"command": command, "machine": info, "results": results})

@@ -26,8 +26,8 @@ from bench_report import command_line, machine, machine_line, progress, table, w
 from bench_world import build_bench_world  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-FULL = {"preset": "toy-1m", "steps": 12, "skip": 2, "prompts_per_step": 16, "max_new_tokens": 64,
-        "repeats": 2, "probe_size": 16}
+FULL = {"preset": "toy-1m", "steps": 12, "skip": 2, "prompts_per_step": 32, "max_new_tokens": 64,
+        "repeats": 2, "probe_size": 8}
 QUICK = {"preset": "toy-test", "steps": 3, "skip": 1, "prompts_per_step": 4, "max_new_tokens": 8,
          "repeats": 1, "probe_size": 4}
 GOAL_RATIO = 1.10

@@ -52,7 +52,7 @@ def test_defaults_without_a_file_are_the_eval_flag_defaults():
 def test_unknown_key_in_a_file_suggests_the_closest_field(tmp_path):
     path = tmp_path / "e.yaml"
     path.write_text("base: " + str(EVAL_CONFIGS / "average12.yaml") + "\ntemprature: 0.5\n")
-    with pytest.raises(ConfigError, match=r"unknown eval config key 'temprature'; did you mean 'temperature'"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'temprature'; did you mean 'temperature'"):
         load_eval_config(path)
 
 

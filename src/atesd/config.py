@@ -74,6 +74,9 @@ class RolloutConfig:
     top_k: int = 20
     num_generations: int = 1  # rollouts per prompt (GRPO's G; 1 for OPSD/ATESD)
     batch_size: int = 64  # prompts per generation call (HF backend)
+    vllm_gpu_memory_utilization: float = 0.3  # vLLM backend: GPU memory fraction for its KV cache
+    vllm_enforce_eager: bool = False  # vLLM backend: skip CUDA graphs (slower, less memory)
+    vllm_sleep_mode: bool = False  # vLLM backend: free its memory between rollout phases (GPU only)
 
 
 @dataclass
@@ -168,24 +171,26 @@ def valid_keys(schema: type = TrainConfig, prefix: str = "") -> list[str]:
     return keys
 
 
-def _unknown_key_error(bad: str, source: str) -> ConfigError:
-    close = difflib.get_close_matches(bad, valid_keys(), n=1, cutoff=0.5)
+def _unknown_key_error(bad: str, source: str, schema: type) -> ConfigError:
+    close = difflib.get_close_matches(bad, valid_keys(schema), n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return ConfigError(f"{source}: unknown config key '{bad}'{hint}")
 
 
-def _merge(base, other, source: str):
+def merge_into(base, other, source: str, schema: type = None):
+    """OmegaConf.merge with errors that name the source and suggest the closest valid key."""
     try:
         return OmegaConf.merge(base, other)
     except ConfigKeyError as err:
         bad = getattr(err, "full_key", None) or str(err)
-        raise _unknown_key_error(str(bad), source) from None
+        raise _unknown_key_error(str(bad), source, schema or TrainConfig) from None
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", "?")
-        raise ConfigError(f"{source}: invalid value for '{key}': {err.msg if hasattr(err, 'msg') else err}") from None
+        detail = str(getattr(err, "msg", err)).splitlines()[0]
+        raise ConfigError(f"{source}: invalid value for '{key}': {detail}") from None
 
 
-def _merge_file(conf, path: Path, seen: tuple) -> object:
+def merge_yaml_file(conf, path: Path, schema: type = None, seen: tuple = ()):
     """Merge a YAML file into `conf`; a top-level `base: other.yaml` (relative to the file) is
     merged first, so a config can state only how it differs from another."""
     if not path.is_file():
@@ -198,19 +203,19 @@ def _merge_file(conf, path: Path, seen: tuple) -> object:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     base = file_conf.pop("base", None) if OmegaConf.is_dict(file_conf) else None
     if base is not None:
-        conf = _merge_file(conf, path.parent / str(base), seen + (path.resolve(),))
-    return _merge(conf, file_conf, str(path))
+        conf = merge_yaml_file(conf, path.parent / str(base), schema, seen + (path.resolve(),))
+    return merge_into(conf, file_conf, str(path), schema)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Schema defaults ← base files ← YAML file ← `key=value` overrides, validated into a TrainConfig."""
     conf = OmegaConf.structured(TrainConfig)
     if path is not None:
-        conf = _merge_file(conf, Path(path), seen=())
+        conf = merge_yaml_file(conf, Path(path))
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected key=value")
-        conf = _merge(conf, OmegaConf.from_dotlist([item]), f"override '{item}'")
+        conf = merge_into(conf, OmegaConf.from_dotlist([item]), f"override '{item}'")
     missing = sorted(OmegaConf.missing_keys(conf))
     if missing:
         raise ConfigError(f"missing required config value(s): {', '.join(missing)}")

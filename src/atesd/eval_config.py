@@ -24,15 +24,13 @@ Where we depart from the papers / what we add:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from atesd.config import ConfigError
+from atesd.config import ConfigError, merge_into, merge_yaml_file
 
 PROBLEMS_FILE = "problems.jsonl"
 CONFIG_FILE = "eval_config.yaml"
@@ -64,39 +62,6 @@ class EvalConfig:
     write_samples: bool = True  # also write samples.jsonl
 
 
-def _field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(EvalConfig)]
-
-
-def _merge(conf, other, source: str):
-    try:
-        return OmegaConf.merge(conf, other)
-    except ConfigKeyError as err:
-        bad = str(getattr(err, "full_key", None) or err)
-        close = difflib.get_close_matches(bad, _field_names(), n=1, cutoff=0.5)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"{source}: unknown eval config key '{bad}'{hint}") from None
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", "?")
-        detail = str(getattr(err, "msg", err)).splitlines()[0]
-        raise ConfigError(f"{source}: invalid value for '{key}': {detail}") from None
-
-
-def _merge_file(conf, path: Path, seen: tuple):
-    if not path.is_file():
-        raise ConfigError(f"{path}: eval config file not found")
-    if path.resolve() in seen:
-        raise ConfigError(f"{path}: 'base' files form a cycle")
-    try:
-        file_conf = OmegaConf.load(path)
-    except Exception as err:  # yaml errors carry the line
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    base = file_conf.pop("base", None) if OmegaConf.is_dict(file_conf) else None
-    if base is not None:
-        conf = _merge_file(conf, path.parent / str(base), seen + (path.resolve(),))
-    return _merge(conf, file_conf, str(path))
-
-
 def load_eval_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> EvalConfig:
     """Defaults ← base files ← the YAML file at `path` ← `overrides` (field name → value; the CLI
     passes only the flags given). Overriding `data` without `split` clears the split: a split
@@ -104,12 +69,12 @@ def load_eval_config(path: str | Path | None = None, overrides: Mapping[str, Any
     `model` and `data` may still be None here: see `check_complete`."""
     conf = OmegaConf.structured(EvalConfig)
     if path is not None:
-        conf = _merge_file(conf, Path(path), seen=())
+        conf = merge_yaml_file(conf, Path(path), EvalConfig)
     overrides = dict(overrides or {})
     if "data" in overrides and "split" not in overrides:
         overrides["split"] = None
     if overrides:
-        conf = _merge(conf, OmegaConf.create(overrides), "command line")
+        conf = merge_into(conf, OmegaConf.create(overrides), "command line", EvalConfig)
     try:
         cfg = OmegaConf.to_object(conf)
     except (ValueError, TypeError) as err:

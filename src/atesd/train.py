@@ -79,6 +79,14 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 1_009 + rank * 7) % (2**31 - 1)
 
 
+def _engine_options(cfg: TrainConfig) -> dict:
+    if cfg.rollout.backend == "vllm":
+        r = cfg.rollout
+        return {"gpu_memory_utilization": r.vllm_gpu_memory_utilization, "enforce_eager": r.vllm_enforce_eager,
+                "enable_sleep_mode": r.vllm_sleep_mode, "seed": cfg.seed, "dtype": cfg.model.dtype}
+    return {"batch_size": cfg.rollout.batch_size}
+
+
 def _decide_ratio(exposure, step: int, accelerator: Accelerator) -> float:
     """α_t is global: decided on rank 0, broadcast to every rank."""
     holder = [exposure.ratio_for_step(step) if accelerator.is_main_process else None]
@@ -120,7 +128,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(policy)
     head = output_head(unwrapped)
-    engine = make_rollout_engine(cfg.rollout.backend, unwrapped, tokenizer, batch_size=cfg.rollout.batch_size)
+    engine = make_rollout_engine(cfg.rollout.backend, unwrapped, tokenizer, **_engine_options(cfg))
     sampler = PromptSampler(len(problems), cfg.prompts_per_step, cfg.seed)
     validator = Validator(cfg, tokenizer, out) if cfg.validation.every else None
     if cfg.report_to:

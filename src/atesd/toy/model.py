@@ -7,8 +7,8 @@ so everything downstream (prompts, rollouts, teacher scoring, LoRA) runs on the 
 real Qwen3 checkpoint.
 
 Where this departs from a real Qwen3:
-1. A vocabulary of a few hundred tokens learnt on the toy text; every digit is its own token so
-   arithmetic is written digit by digit.
+1. A vocabulary of a few hundred tokens learnt on the toy text; every digit and every punctuation
+   mark is its own token, so arithmetic is written digit by digit.
 2. The chat template keeps only what the project renders (system/user/assistant turns, the
    generation prompt, thinking on/off); no tools, no reasoning-content stripping of past turns.
 """
@@ -46,14 +46,16 @@ CHAT_TEMPLATE = (
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, max_length: int = 1024):
     """A byte-level BPE `PreTrainedTokenizerFast` trained on `texts` (about a second for ~1 MB).
 
-    Digits are split one per token before BPE; the ByteLevel decoder turns tokens back into the
-    exact text (without it, decoding joins tokens with spaces and answer extraction fails).
+    Digits and punctuation marks are split one per token before BPE (so `((`, `)-(` never merge
+    and an expression is the same tokens wherever it is written); the ByteLevel decoder turns
+    tokens back into the exact text (without it, decoding joins tokens with spaces and answer extraction fails).
     """
     from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.Punctuation(behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
     ])
     bpe.decoder = decoders.ByteLevel()

@@ -1,40 +1,33 @@
-"""The toy reasoning task: evaluate a small program of named arithmetic steps.
+"""The toy reasoning task: evaluate an arithmetic expression one operation at a time.
 
-A problem lists the nodes of a random expression tree as named definitions, in shuffled order:
+A problem is a random expression tree with 1 to 5 operations (`+ - *`), operands 1..20, every
+intermediate value in [0, 99]:
 
-    Given:
-    d=c-9
-    a=7+3
-    c=a*b
-    b=12-4
-    Find d.
+    Evaluate ((20*3)-(5+4))+7.
 
-Its reference solution computes one node per step, in a random valid (topological) order, steps
-separated by blank lines, then a final sentence with the boxed answer:
+Its reference solution reduces one operation whose operands are both numbers per step, in a random
+valid order, steps separated by blank lines, then a final sentence with the boxed answer:
 
-    a=7+3=10
+    5+4=9
 
-    b=12-4=8
+    20*3=60
 
-    c=a*b=10*8=80
+    60-9=51
 
-    d=c-9=80-9=71
+    51+7=58
 
-    The answer is \\boxed{71}.
+    The answer is \\boxed{58}.
 
-Any order in which every variable is computed after its operands is correct, so a rollout can be
-right and still differ from the reference (a tree of 5 operations has up to 8 valid orders). The
-difficulty level sets the number of operations; every intermediate value stays in [0, 99]. The
-`check_steps` diagnostic parses a completion and finds its first wrong step, so later analyses can
-split per-token quantities into before / at / after the first error and the answer line.
+Any order that reduces every operation after its operands is correct (a tree of 5 operations has up
+to 8), so a rollout can be right and still differ from the reference. The difficulty level sets the
+number of operations. A step names only values, so the solver tracks which parts are already
+reduced: the errors small models make are mostly such state-tracking errors (wrong operands), a few
+arithmetic ones. `check_steps` replays a completion against the tree and finds its first wrong
+step, so later analyses can split per-token quantities into before / at / after the first error
+and the answer line.
 
-Where this departs from the toy-notes' first toy (not from a paper; the papers use real data):
-1. Sub-results are named, so a step can be checked on its own and tracking the state is a lookup.
-2. Definitions are listed in shuffled order: picking a variable whose operands are known is part of
-   the task, and the order of independent sub-computations is free.
-3. No spaces inside definitions and steps, and one definition per line: a variable is then the same
-   token wherever it appears (byte-level BPE gives " c" and "c" different ids), which a tiny model
-   needs to copy names reliably, and steps are ~20% shorter.
+Where this departs from anything published: the papers use real math data; this is the toy-notes
+task, with a seeded generator, a step checker and student-style wrong solutions for the warm start.
 """
 
 from __future__ import annotations
@@ -47,31 +40,19 @@ from typing import Iterator, Sequence
 from atesd.data import Problem
 
 OPERATORS = ("+", "-", "*")
-VARIABLE_NAMES = "abcdefghijklmnopqrstuvwxyz"
 SOURCE = "atesd-toy"
 
-Operand = int | str  # a number (leaf) or the name of another definition
-
 
 @dataclass(frozen=True)
-class Definition:
-    """One node of the expression tree: `name = left op right`."""
+class Node:
+    """One operation of the expression tree; an operand is a number (leaf) or another Node."""
 
-    name: str
-    left: Operand
+    left: "Node | int"
     op: str
-    right: Operand
+    right: "Node | int"
 
 
-@dataclass(frozen=True)
-class Program:
-    """A toy problem: its definitions in the order the problem lists them, and the asked variable."""
-
-    definitions: tuple[Definition, ...]
-    target: str
-
-    def by_name(self) -> dict[str, Definition]:
-        return {d.name: d for d in self.definitions}
+Path = str  # where a node sits: "" the root, "L"/"R" its children, "LR" the right child of "L", ...
 
 
 @dataclass(frozen=True)
@@ -90,8 +71,6 @@ class TaskConfig:
     def __post_init__(self) -> None:
         if not self.ops_per_level or min(self.ops_per_level) < 1:
             raise ValueError("task.ops_per_level needs at least one level, each with >= 1 operation")
-        if max(self.ops_per_level) > len(VARIABLE_NAMES):
-            raise ValueError(f"task.ops_per_level allows at most {len(VARIABLE_NAMES)} operations")
         if self.max_leaf < 1 or self.max_value < self.max_leaf:
             raise ValueError("task needs 1 <= max_leaf <= max_value")
 
@@ -110,90 +89,72 @@ def apply(left: int, op: str, right: int) -> int:
     raise ValueError(f"unknown operator {op!r}")
 
 
-def evaluate(program: Program) -> dict[str, int]:
-    """The value of every variable (recursive evaluation of the tree)."""
-    defs = program.by_name()
-    values: dict[str, int] = {}
-
-    def value(operand: Operand) -> int:
-        if isinstance(operand, int):
-            return operand
-        if operand not in values:
-            d = defs[operand]
-            values[operand] = apply(value(d.left), d.op, value(d.right))
-        return values[operand]
-
-    for d in program.definitions:
-        value(d.name)
-    return values
+def value_of(operand: Node | int) -> int:
+    if isinstance(operand, int):
+        return operand
+    return apply(value_of(operand.left), operand.op, value_of(operand.right))
 
 
-def answer_of(program: Program) -> int:
-    return evaluate(program)[program.target]
+def nodes(root: Node) -> dict[Path, Node]:
+    """Every operation of the tree by path, children before parents (post-order)."""
+    found: dict[Path, Node] = {}
+
+    def visit(node: Node | int, path: Path) -> None:
+        if isinstance(node, Node):
+            visit(node.left, path + "L")
+            visit(node.right, path + "R")
+            found[path] = node
+
+    visit(root, "")
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
 # Sampling problems
 
 
-def _random_tree_shape(rng: random.Random, n_ops: int) -> list[tuple[int | None, int | None]]:
-    """Children of each of n_ops internal nodes (None = a leaf), node 0 the root, children > parent."""
-    children: list[list[int | None]] = [[None, None]]
-    while len(children) < n_ops:
-        free = [(i, side) for i, c in enumerate(children) for side in (0, 1) if c[side] is None]
-        parent, side = rng.choice(free)
-        children[parent][side] = len(children)
-        children.append([None, None])
-    return [(c[0], c[1]) for c in children]
+def _try_sample(rng: random.Random, n_ops: int, cfg: TaskConfig) -> Node | None:
+    """A random tree shape (each new operation replaces a random leaf), then operators chosen
+    bottom-up among those that keep the value in [0, max_value]."""
+    shape: dict[Path, None] = {"": None}
+    while len(shape) < n_ops:
+        free = [p + side for p in shape for side in "LR" if p + side not in shape]
+        shape[rng.choice(free)] = None
 
-
-def _try_sample(rng: random.Random, n_ops: int, cfg: TaskConfig) -> Program | None:
-    shape = _random_tree_shape(rng, n_ops)
-    names = rng.sample(VARIABLE_NAMES, n_ops)
-    values: dict[int, int] = {}
-    defs: list[Definition] = []
-    for node in reversed(range(n_ops)):  # children have larger indices: post-order
-        operands: list[Operand] = []
-        operand_values: list[int] = []
-        for child in shape[node]:
-            if child is None:
-                leaf = rng.randint(1, cfg.max_leaf)
-                operands.append(leaf)
-                operand_values.append(leaf)
-            else:
-                operands.append(names[child])
-                operand_values.append(values[child])
-        valid = [op for op in OPERATORS if 0 <= apply(operand_values[0], op, operand_values[1]) <= cfg.max_value]
-        if not valid:
+    def build(path: Path) -> Node | int | None:
+        if path not in shape:
+            return rng.randint(1, cfg.max_leaf)
+        left, right = build(path + "L"), build(path + "R")
+        if left is None or right is None:
             return None
-        op = rng.choice(valid)
-        values[node] = apply(operand_values[0], op, operand_values[1])
-        defs.append(Definition(names[node], operands[0], op, operands[1]))
-    rng.shuffle(defs)
-    return Program(tuple(defs), target=names[0])
+        lv, rv = value_of(left), value_of(right)
+        valid = [op for op in OPERATORS if 0 <= apply(lv, op, rv) <= cfg.max_value]
+        return Node(left, rng.choice(valid), right) if valid else None
+
+    root = build("")
+    return root if isinstance(root, Node) else None
 
 
-def sample_program(rng: random.Random, n_ops: int, cfg: TaskConfig) -> Program:
+def sample_expression(rng: random.Random, n_ops: int, cfg: TaskConfig) -> Node:
     """A random tree of n_ops operations whose every value lies in [0, max_value]."""
     while True:
-        program = _try_sample(rng, n_ops, cfg)
-        if program is not None:
-            return program
+        root = _try_sample(rng, n_ops, cfg)
+        if root is not None:
+            return root
 
 
-def random_order(program: Program, rng: random.Random) -> list[str]:
-    """A uniformly chosen ready variable at each step: a random valid (topological) order."""
-    defs = program.by_name()
-    done: set[str] = set()
-    order: list[str] = []
-    while len(order) < len(defs):
-        ready = [
-            d.name for d in program.definitions
-            if d.name not in done and all(isinstance(o, int) or o in done for o in (d.left, d.right))
-        ]
-        name = rng.choice(ready)
-        done.add(name)
-        order.append(name)
+def random_order(root: Node, rng: random.Random) -> list[Path]:
+    """A uniformly chosen ready operation at each step: a random valid order of reductions."""
+    remaining = nodes(root)
+    done: set[Path] = set()
+    order: list[Path] = []
+    while remaining:
+        ready = [p for p, n in remaining.items()
+                 if all(not isinstance(c, Node) or p + s in done for c, s in ((n.left, "L"), (n.right, "R")))]
+        path = rng.choice(ready)
+        done.add(path)
+        order.append(path)
+        del remaining[path]
     return order
 
 
@@ -201,70 +162,72 @@ def random_order(program: Program, rng: random.Random) -> list[str]:
 # Text
 
 
-def problem_text(program: Program) -> str:
-    listed = "".join(f"{d.name}={d.left}{d.op}{d.right}\n" for d in program.definitions)
-    return f"Given:\n{listed}Find {program.target}."
+def expression_text(node: Node | int, top: bool = True) -> str:
+    """`((20*3)-(5+4))+7`: every operation but the outermost in parentheses."""
+    if isinstance(node, int):
+        return str(node)
+    inner = f"{expression_text(node.left, False)}{node.op}{expression_text(node.right, False)}"
+    return inner if top else f"({inner})"
 
 
-def step_text(d: Definition, left_value: int, right_value: int, result: int) -> str:
-    """`c=a*b=10*8=80`; without the middle part when both operands are numbers."""
-    if isinstance(d.left, int) and isinstance(d.right, int):
-        return f"{d.name}={d.left}{d.op}{d.right}={result}"
-    return f"{d.name}={d.left}{d.op}{d.right}={left_value}{d.op}{right_value}={result}"
+def problem_text(root: Node) -> str:
+    return f"Evaluate {expression_text(root)}."
+
+
+def step_text(left: int, op: str, right: int, result: int) -> str:
+    return f"{left}{op}{right}={result}"
 
 
 def answer_sentence(answer: int | str) -> str:
     return f"The answer is \\boxed{{{answer}}}."
 
 
-def solution_text(program: Program, order: Sequence[str]) -> str:
-    """The step-by-step solution computing the variables in `order`."""
-    defs = program.by_name()
-    values = evaluate(program)
+def _written_solution(root: Node, order: Sequence[Path], wrong_step: int | None = None,
+                      rng: random.Random | None = None) -> tuple[str, int]:
+    """Steps in `order`, each computed from the values written before it; optionally one step goes
+    wrong (see corrupted_solution). Returns (text, the value written for the root)."""
+    table = nodes(root)
+    written: dict[Path, int] = {}
     steps = []
-    for name in order:
-        d = defs[name]
-        lv = d.left if isinstance(d.left, int) else values[d.left]
-        rv = d.right if isinstance(d.right, int) else values[d.right]
-        steps.append(step_text(d, lv, rv, values[name]))
-    return "\n\n".join(steps + [answer_sentence(values[program.target])])
-
-
-def corrupted_solution(program: Program, order: Sequence[str], rng: random.Random) -> tuple[str, int]:
-    """A student-style wrong solution: one step in `order` goes wrong, the later steps continue
-    consistently with the wrong value (correct arithmetic on the values written so far).
-
-    Returns (text, index of the wrong step). Two kinds of error, as toy-notes observed in rollouts:
-    a miscopied operand value (state tracking) or an arithmetic slip in the result.
-    """
-    defs = program.by_name()
-    while True:
-        k = rng.randrange(len(order))
-        written: dict[str, int] = {}
-        steps = []
-        for i, name in enumerate(order):
-            d = defs[name]
-            lv = d.left if isinstance(d.left, int) else written[d.left]
-            rv = d.right if isinstance(d.right, int) else written[d.right]
-            result = apply(lv, d.op, rv)
-            if i == k:
-                variable_sides = [s for s, o in ((0, d.left), (1, d.right)) if isinstance(o, str)]
-                if variable_sides and rng.random() < 0.5:
-                    wrong = max(0, (lv if variable_sides[0] == 0 else rv) + rng.choice((-2, -1, 1, 2, 10, -10)))
-                    if variable_sides[0] == 0:
-                        lv = wrong
-                    else:
-                        rv = wrong
-                    result = apply(lv, d.op, rv)
+    for i, path in enumerate(order):
+        node = table[path]
+        lv = node.left if isinstance(node.left, int) else written[path + "L"]
+        rv = node.right if isinstance(node.right, int) else written[path + "R"]
+        result = apply(lv, node.op, rv)
+        if i == wrong_step:
+            delta = rng.choice((-2, -1, 1, 2, -10, 10))
+            if rng.random() < 0.5:  # a miscopied operand: the step computes on a wrong number
+                if rng.random() < 0.5:
+                    lv = max(0, lv + delta)
                 else:
-                    result = result + rng.choice((-2, -1, 1, 2, 10, -10))
-            if result < 0:
-                break
-            written[name] = result
-            steps.append(step_text(d, lv, rv, result))
-        else:
-            if written[program.target] != answer_of(program):
-                return "\n\n".join(steps + [answer_sentence(written[program.target])]), k
+                    rv = max(0, rv + delta)
+                result = apply(lv, node.op, rv)
+            else:  # an arithmetic slip
+                result = max(0, result + delta)
+        written[path] = result
+        steps.append(step_text(lv, node.op, rv, result))
+    return "\n\n".join(steps + [answer_sentence(written[""])]), written[""]
+
+
+def solution_text(root: Node, order: Sequence[Path]) -> str:
+    """The step-by-step solution reducing the operations in `order`."""
+    return _written_solution(root, order)[0]
+
+
+def corrupted_solution(root: Node, order: Sequence[Path], rng: random.Random) -> tuple[str, int]:
+    """A student-style wrong solution: one step in `order` goes wrong, the later steps continue
+    consistently with the wrong value (correct arithmetic on the values written so far), so the
+    answer is wrong. Returns (text, index of the wrong step).
+
+    Two kinds of error, as toy-notes observed in rollouts: a miscopied operand (state tracking,
+    the common one) or an arithmetic slip in the result.
+    """
+    answer = value_of(root)
+    while True:
+        wrong = rng.randrange(len(order))
+        text, written_answer = _written_solution(root, order, wrong, rng)
+        if written_answer != answer and "=-" not in text and check_steps(problem_text(root), text).first_error == wrong:
+            return text, wrong
 
 
 def toy_problems(n: int, seed: int, cfg: TaskConfig = TaskConfig(), split: str = "train",
@@ -275,12 +238,12 @@ def toy_problems(n: int, seed: int, cfg: TaskConfig = TaskConfig(), split: str =
     problems = []
     for i in range(n):
         level = chosen[i % len(chosen)]
-        program = sample_program(rng, cfg.ops_per_level[level - 1], cfg)
+        root = sample_expression(rng, cfg.ops_per_level[level - 1], cfg)
         problems.append(Problem(
             id=f"toy-{split}-{i:06d}",
-            problem=problem_text(program),
-            solution=solution_text(program, random_order(program, rng)),
-            answer=str(answer_of(program)),
+            problem=problem_text(root),
+            solution=solution_text(root, random_order(root, rng)),
+            answer=str(value_of(root)),
             difficulty=level,
             source=SOURCE,
         ))
@@ -290,26 +253,50 @@ def toy_problems(n: int, seed: int, cfg: TaskConfig = TaskConfig(), split: str =
 # ---------------------------------------------------------------------------------------------
 # Parsing and the step checker (diagnostics only)
 
-_DEFINITION = re.compile(r"^([a-z])=([a-z]|\d+)([-+*])([a-z]|\d+)$", re.MULTILINE)
-_PROBLEM = re.compile(r"^Given:\n((?:[^\n]+\n)+)Find ([a-z])\.$")
-_STEP = re.compile(r"^([a-z])=([a-z]|\d+)([-+*])([a-z]|\d+)=(?:(\d+)([-+*])(\d+)=)?(-?\d+)$")
+_PROBLEM = re.compile(r"^Evaluate (.+)\.$")
+_TOKEN = re.compile(r"\d+|[-+*()]")
+_STEP = re.compile(r"^(\d+)([-+*])(\d+)=(-?\d+)$")
 _BOXED = re.compile(r"\\boxed\{(-?\d+)\}")
 
 
-def _operand(token: str) -> Operand:
-    return int(token) if token.isdigit() else token
+def parse_expression(text: str) -> Node:
+    """The tree of an expression written by `expression_text`."""
+    tokens = _TOKEN.findall(text)
+    if "".join(tokens) != text.replace(" ", ""):
+        raise ValueError(f"not a toy expression: {text!r}")
+    position = 0
+
+    def operand() -> Node | int:
+        nonlocal position
+        token = tokens[position]
+        position += 1
+        if token == "(":
+            node = operation()
+            if tokens[position] != ")":
+                raise ValueError(f"unbalanced parentheses in {text!r}")
+            position += 1
+            return node
+        return int(token)
+
+    def operation() -> Node:
+        nonlocal position
+        left = operand()
+        op = tokens[position]
+        position += 1
+        return Node(left, op, operand())
+
+    root = operation()
+    if position != len(tokens):
+        raise ValueError(f"trailing tokens in {text!r}")
+    return root
 
 
-def parse_problem(text: str) -> Program:
-    """The program behind a problem text written by `problem_text`."""
+def parse_problem(text: str) -> Node:
+    """The expression tree behind a problem text written by `problem_text`."""
     match = _PROBLEM.match(text.strip())
     if match is None:
         raise ValueError(f"not a toy problem: {text[:80]!r}")
-    defs = tuple(
-        Definition(name, _operand(left), op, _operand(right))
-        for name, left, op, right in _DEFINITION.findall(match.group(1))
-    )
-    return Program(defs, target=match.group(2))
+    return parse_expression(match.group(1))
 
 
 @dataclass(frozen=True)
@@ -317,17 +304,21 @@ class StepCheck:
     """Where a completion goes wrong.
 
     step_spans: (start, end) character offsets of each paragraph before the answer line.
-    answer_span: offsets of the paragraph holding the last \\boxed{}, or None.
+    answer_span: offsets of the last paragraph holding a \\boxed{}, or None.
+    order: the path of the operation each right step reduced, up to the first error (one reading
+        when identical sub-expressions make it ambiguous).
     first_error: index into step_spans of the first wrong step; len(step_spans) when every step is
-        right but the answer line is wrong or missing; None when the whole completion is right.
-    error_kind: "format", "unknown_variable", "repeated_variable", "wrong_definition",
-        "not_yet_computed", "wrong_operand_value", "arithmetic", "incomplete" (the asked variable
-        was never computed), "wrong_answer", "missing_answer", or None.
+        right but the answer line is wrong, missing, or comes before the last operation; None when
+        the whole completion is right.
+    error_kind: "format" (not `a op b=c`), "wrong_operands" (no operation ready to be reduced
+        has these operands: a state-tracking error), "arithmetic", "incomplete", "missing_answer",
+        "wrong_answer", or None.
     answer_correct: the boxed answer equals the true value.
     """
 
     step_spans: tuple[tuple[int, int], ...]
     answer_span: tuple[int, int] | None
+    order: tuple[Path, ...]
     first_error: int | None
     error_kind: str | None
     answer_correct: bool
@@ -336,68 +327,72 @@ class StepCheck:
 def _paragraphs(text: str) -> Iterator[tuple[int, int]]:
     for match in re.finditer(r"[^\n]+(?:\n(?!\n)[^\n]*)*", text):
         if match.group().strip():
-            yield match.start(), match.end()
-
-
-def _step_error(match: re.Match | None, defs: dict[str, Definition], values: dict[str, int],
-                done: set[str]) -> str | None:
-    if match is None:
-        return "format"
-    name, left, op, right, lv, mid_op, rv, result = match.groups()
-    if name not in defs:
-        return "unknown_variable"
-    if name in done:
-        return "repeated_variable"
-    d = defs[name]
-    if (_operand(left), op, _operand(right)) != (d.left, d.op, d.right):
-        return "wrong_definition"
-    symbolic = [o for o in (d.left, d.right) if isinstance(o, str)]
-    if any(o not in done for o in symbolic):
-        return "not_yet_computed"
-    if symbolic and (lv is None or mid_op != op):
-        return "format"
-    if not symbolic and lv is not None:
-        return "format"
-    true_left = values[d.left] if isinstance(d.left, str) else d.left
-    true_right = values[d.right] if isinstance(d.right, str) else d.right
-    if lv is not None and (int(lv), int(rv)) != (true_left, true_right):
-        return "wrong_operand_value"
-    if int(result) != values[name]:
-        return "arithmetic"
-    return None
+            start = match.start() + len(match.group()) - len(match.group().lstrip())
+            yield start, match.start() + len(match.group().rstrip())
 
 
 def check_steps(problem: str, completion: str) -> StepCheck:
-    """Find the first wrong step of a completion against the problem's true values.
+    """Replay a completion's steps against the problem's tree and find its first wrong step.
 
-    A step is right when it computes a listed variable not computed before, with the definition's
-    operands, after its variable operands, with their true values, and the true result. Any order
-    satisfying this is accepted. After the first error nothing more is judged except the answer.
+    A step is right when it writes `a op b=c` for an operation not reduced yet whose operands are
+    both reduced (or numbers), with their true values a and b, and c = a op b. Any order satisfying
+    this is accepted; operations with identical operands are interchangeable. After the first error
+    nothing more is judged except the answer.
     """
-    program = parse_problem(problem)
-    defs = program.by_name()
-    values = evaluate(program)
+    root = parse_problem(problem)
+    table = nodes(root)
+    truth = {path: value_of(node) for path, node in table.items()}
     spans = list(_paragraphs(completion))
     answer_span = next((s for s in reversed(spans) if _BOXED.search(completion[s[0]:s[1]])), None)
-    steps = [s for s in spans if s != answer_span]
-    if answer_span is not None:
-        steps = [s for s in steps if s[0] < answer_span[0]]
+    steps = [s for s in spans if answer_span is None or s[1] <= answer_span[0]]
     boxed = _BOXED.findall(completion[answer_span[0]:answer_span[1]]) if answer_span else []
-    answer_correct = bool(boxed) and int(boxed[-1]) == values[program.target]
+    answer_correct = bool(boxed) and int(boxed[-1]) == truth[""]
 
-    done: set[str] = set()
+    # Identical sub-expressions make a step ambiguous ("19-4=15" may reduce either copy), so every
+    # reading consistent with the steps so far is kept; a step is wrong when no reading allows it.
+    readings: list[tuple[Path, ...]] = [()]
     first_error, kind = None, None
+
+    def operand_value(node: Node, side: str, path: Path, reduced: tuple[Path, ...]) -> int | None:
+        child = node.left if side == "L" else node.right
+        if isinstance(child, int):
+            return child
+        return truth[path + side] if path + side in reduced else None
+
     for i, (start, end) in enumerate(steps):
-        error = _step_error(_STEP.match(completion[start:end].strip()), defs, values, done)
-        if error is not None:
-            first_error, kind = i, error
+        match = _STEP.match(completion[start:end])
+        if match is None:
+            first_error, kind = i, "format"
             break
-        done.add(_STEP.match(completion[start:end].strip()).group(1))
+        left, op, right, result = int(match[1]), match[2], int(match[3]), int(match[4])
+        extended = {}
+        for reduced in readings:
+            for p, n in table.items():
+                if p not in reduced and n.op == op and (operand_value(n, "L", p, reduced),
+                                                        operand_value(n, "R", p, reduced)) == (left, right):
+                    extended.setdefault(frozenset(reduced + (p,)), reduced + (p,))
+        if not extended:
+            first_error, kind = i, "wrong_operands"
+            break
+        if result != apply(left, op, right):
+            first_error, kind = i, "arithmetic"
+            break
+        readings = list(extended.values())
+    complete = [r for r in readings if "" in r]
+    reduced = complete[0] if complete else readings[0]
     if first_error is None:
-        if program.target not in done:
+        if "" not in reduced:
             first_error, kind = len(steps), "incomplete"
         elif answer_span is None:
             first_error, kind = len(steps), "missing_answer"
         elif not answer_correct:
             first_error, kind = len(steps), "wrong_answer"
-    return StepCheck(tuple(steps), answer_span, first_error, kind, answer_correct)
+    return StepCheck(tuple(steps), answer_span, reduced, first_error, kind, answer_correct)
+
+
+def solution_order(problem: str, solution: str) -> list[Path]:
+    """The order in which a correct solution reduces the operations (its paths)."""
+    check = check_steps(problem, solution)
+    if check.first_error is not None:
+        raise ValueError(f"not a correct solution: {check.error_kind} at step {check.first_error}")
+    return list(check.order)

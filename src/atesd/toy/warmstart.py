@@ -124,14 +124,14 @@ def _is_toy(problem: Problem) -> bool:
 
 def _toy_teacher_completion(problem: Problem, rng: random.Random,
                             cfg: WarmStartConfig) -> tuple[str, tuple[int, int] | None]:
-    program = task.parse_problem(problem.problem)
+    root = task.parse_problem(problem.problem)
     if rng.random() < cfg.copy_order_prob:
-        order = [step.split("=", 1)[0] for step in problem.solution.split("\n\n")[:-1]]
+        order = task.solution_order(problem.problem, problem.solution)
     else:
-        order = task.random_order(program, rng)
+        order = task.random_order(root, rng)
     if rng.random() >= cfg.wrong_prefix_prob:
-        return task.solution_text(program, order), None
-    text, wrong = task.corrupted_solution(program, order, rng)
+        return task.solution_text(root, order), None
+    text, wrong = task.corrupted_solution(root, order, rng)
     starts = [0] + [i + 2 for i in range(len(text)) if text.startswith("\n\n", i)]
     start = starts[wrong] - 2 if wrong > 0 else 0  # cut before the blank line preceding the step
     return text, (start, starts[wrong + 1] - 2)
@@ -144,8 +144,8 @@ def make_example(problem: Problem, tokenizer, prompt_cfg: PromptConfig, rng: ran
         prompt = student_prompt(tokenizer, problem.problem, prompt_cfg)
         completion = problem.solution
         if _is_toy(problem) and cfg.student_reorder:
-            program = task.parse_problem(problem.problem)
-            completion = task.solution_text(program, task.random_order(program, rng))
+            root = task.parse_problem(problem.problem)
+            completion = task.solution_text(root, task.random_order(root, rng))
         return completion_example(tokenizer, prompt, completion)
     revealed = reveal(problem.solution, _reveal_ratio(rng, cfg))
     prompt = teacher_prompt(tokenizer, problem.problem, revealed, prompt_cfg)
