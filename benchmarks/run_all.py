@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             note = f"`import {missing}` fails in this environment (optional, benchmark-only dependency)"
             progress(f"== {name}: skipped, {note}")
-            results[name] = {"benchmark": name, "skipped": note, "wall_s": 0.0, "command": f"python benchmarks/{name}.py"}
+            results[name] = {"benchmark": name, "skipped": note, "wall_s": 0.0,
+                             "command": f"python benchmarks/{name}.py"}
         else:
             results[name] = run_benchmark(name, args.quick, [])
     markdown = to_markdown(results, info, command, args.quick)
