@@ -68,6 +68,17 @@ def write_results(name: str, markdown: str, result: dict) -> tuple[Path, Path]:
     return md, js
 
 
+def publish(result: dict, to_markdown, json_path: str | os.PathLike | None) -> dict:
+    """Stamp a benchmark result with the machine and command, print its markdown section and
+    write the JSON (the common end of every benchmark's main())."""
+    result["machine"], result["command"] = machine(), command_line()
+    result["markdown"] = to_markdown(result)
+    print(result["markdown"])
+    print(f"\nCommand: `{result['command']}`  \nMachine: {machine_line(result['machine'])}")
+    write_json(json_path, result)
+    return result
+
+
 def progress(message: str) -> None:
     """Progress goes to stderr so stdout stays the report."""
     print(message, file=sys.stderr, flush=True)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_report import command_line, machine, machine_line, progress, table, write_json  # noqa: E402
+from bench_report import progress, publish, table  # noqa: E402
 
 FULL = {"tokens": 2048, "vocab": 151_936, "hidden": 2048, "chunk_sizes": [1024, 256, 128], "check_tokens": 640}
 QUICK = {"tokens": 512, "vocab": 8192, "hidden": 128, "chunk_sizes": [128, 32], "check_tokens": 160}
@@ -261,12 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
 
     result = run(sizes, args.threads)
-    result["machine"], result["command"] = machine(), command_line()
-    result["markdown"] = to_markdown(result)
-    print(result["markdown"])
-    print(f"\nCommand: `{result['command']}`  \nMachine: {machine_line(result['machine'])}")
-    write_json(args.json, result)
-    return result
+    return publish(result, to_markdown, args.json)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_report import command_line, machine, machine_line, progress, table, write_json  # noqa: E402
+from bench_report import machine, progress, publish, table  # noqa: E402
 from bench_world import toy_tokenizer  # noqa: E402
 
 FULL = {"presets": ["toy-1m", "toy-5m"], "batch": 8, "seq_len": 256, "matmul_n": 2048, "repeats": 5}
@@ -126,12 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", default=None, help="also write the result dict here")
     args = parser.parse_args(argv)
     result = run(dict(QUICK if args.quick else FULL), args.threads)
-    result["machine"], result["command"] = machine(), command_line()
-    result["markdown"] = to_markdown(result)
-    print(result["markdown"])
-    print(f"\nCommand: `{result['command']}`  \nMachine: {machine_line(result['machine'])}")
-    write_json(args.json, result)
-    return result
+    return publish(result, to_markdown, args.json)
 
 
 if __name__ == "__main__":

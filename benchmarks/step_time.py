@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_report import command_line, machine, machine_line, progress, table, write_json  # noqa: E402
+from bench_report import machine, progress, publish, table  # noqa: E402
 from bench_world import build_bench_world  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,12 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
             sizes[key] = getattr(args, key)
     with tempfile.TemporaryDirectory(prefix="atesd-step-time-") as tmp:
         result = run(sizes, args.threads, Path(args.work_dir or tmp))
-    result["machine"], result["command"] = machine(), command_line()
-    result["markdown"] = to_markdown(result)
-    print(result["markdown"])
-    print(f"\nCommand: `{result['command']}`  \nMachine: {machine_line(result['machine'])}")
-    write_json(args.json, result)
-    return result
+    return publish(result, to_markdown, args.json)
 
 
 if __name__ == "__main__":
