@@ -35,7 +35,7 @@ from atesd.toy import task
 from atesd.toy.model import PRESETS, build_model, save_model_dir, tokenizer_corpus, train_tokenizer
 from atesd.toy.warmstart import WarmStartConfig, example_stream, train_supervised
 
-BUILD_VERSION = 1  # bump when a change to this package changes what a configuration builds
+BUILD_VERSION = 2  # bump when a change to this package changes what a configuration builds
 WORLD_FILE = "world.json"
 DATA_DIR = "data"
 SPLITS = ("train", "val", "test")
@@ -93,20 +93,31 @@ def cache_root() -> Path:
 
 
 def _toy_splits(cfg: ToyWorldConfig) -> dict[str, list[Problem]]:
-    """Toy splits; val and test never repeat a train problem text (level 1 has few distinct ones)."""
-    train = task.toy_problems(cfg.n_train, cfg.seed, cfg.task, split="train")
-    seen = {p.problem for p in train}
-    splits = {"train": train}
-    for name, n in (("val", cfg.n_val), ("test", cfg.n_test)):
-        pool = task.toy_problems(4 * n, cfg.seed, cfg.task, split=name)
-        kept = []
-        for level in cfg.task.levels:  # keep equal shares per level
-            fresh = [p for p in pool if p.difficulty == level and p.problem not in seen]
-            kept += fresh[: n // len(cfg.task.levels) + (1 if level <= n % len(cfg.task.levels) else 0)]
-        kept.sort(key=lambda p: p.id)
-        seen |= {p.problem for p in kept}
-        splits[name] = kept
+    """Toy splits with equal shares per level. Level 1 has only ~1,200 distinct problems, so the
+    held-out splits are drawn first and the train split skips their problem texts."""
+    splits: dict[str, list[Problem]] = {}
+    held_out: set[str] = set()
+    for name, n in (("test", cfg.n_test), ("val", cfg.n_val)):
+        fresh = {}
+        for p in task.toy_problems(2 * n, cfg.seed, cfg.task, split=name):
+            if p.problem not in held_out:
+                fresh.setdefault(p.problem, p)
+        splits[name] = _level_shares(list(fresh.values()), n, cfg.task)
+        held_out |= {p.problem for p in splits[name]}
+    train = [p for p in task.toy_problems(cfg.n_train + cfg.n_train // 5, cfg.seed, cfg.task, split="train")
+             if p.problem not in held_out]
+    splits["train"] = train[: cfg.n_train]
     return splits
+
+
+def _level_shares(problems: list[Problem], n: int, task_cfg: task.TaskConfig) -> list[Problem]:
+    """The first n problems keeping equal shares per level (the first levels get the remainder)."""
+    levels = list(task_cfg.levels)
+    kept = []
+    for i, level in enumerate(levels):
+        quota = n // len(levels) + (1 if i < n % len(levels) else 0)
+        kept += [p for p in problems if p.difficulty == level][:quota]
+    return sorted(kept, key=lambda p: p.id)
 
 
 def _file_splits(cfg: ToyWorldConfig) -> dict[str, list[Problem]]:
