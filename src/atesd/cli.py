@@ -136,23 +136,30 @@ def _add_mismatch(sub) -> None:
     p.add_argument("--chunk-size", type=int, default=1024)
     p.add_argument("--thinking", action="store_true")
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--positions", action="store_true",
+                   help="toy data only: also split the KL by position (before / at / after the first wrong "
+                        "step, answer line) into positions.json")
 
 
 def _run_mismatch(args) -> None:
     from atesd.mismatch import run_mismatch
+    from atesd.toy.positions import run_mismatch_positions
 
     try:
         ratios = [float(r) for r in args.ratios.split(",")]
     except ValueError:
         raise ValueError(f"--ratios {args.ratios!r}: expected comma-separated numbers in [0, 1]") from None
-    report = run_mismatch(
+    run = run_mismatch_positions if args.positions else run_mismatch
+    result = run(
         args.model, args.data, ratios=ratios, out_dir=args.out, split=args.split, thinking=args.thinking,
         dtype=args.dtype, n_problems=args.n, samples_per_problem=args.samples,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
         top_k=args.top_k, seed=args.seed, batch_size=args.batch_size, chunk_size=args.chunk_size,
     )
-    print(report.to_markdown())
-    print(f"wrote {os.path.join(args.out, 'mismatch.json')}")
+    for report in result if args.positions else [result]:
+        print(report.to_markdown())
+    for name in ("mismatch.json", "positions.json") if args.positions else ("mismatch.json",):
+        print(f"wrote {os.path.join(args.out, name)}")
 
 
 def _add_bench(sub) -> None:

@@ -216,12 +216,12 @@ def monotone_summary(rows: Sequence[MismatchRow]) -> dict[str, dict]:
     return out
 
 
-def _finite(value):  # JSON has no NaN / ±inf
+def finite(value):  # JSON has no NaN / ±inf
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def _fmt(value, spec: str = ".4g") -> str:
-    return "–" if _finite(value) is None else format(value, spec)
+def fmt(value, spec: str = ".4g") -> str:
+    return "–" if finite(value) is None else format(value, spec)
 
 
 @dataclass(frozen=True)
@@ -236,7 +236,7 @@ class MismatchReport:
     meta: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        rows = lambda rs: [{k: _finite(v) for k, v in asdict(r).items()} for r in rs]  # noqa: E731
+        rows = lambda rs: [{k: finite(v) for k, v in asdict(r).items()} for r in rs]  # noqa: E731
         return {"ratios": list(self.ratios), "overall": rows(self.overall),
                 "per_difficulty": {k: rows(v) for k, v in self.per_difficulty.items()},
                 "monotone": self.monotone, "config": self.config, "meta": self.meta}
@@ -244,11 +244,11 @@ class MismatchReport:
     def to_markdown(self) -> str:
         """One table (overall rows, then each difficulty's) and the monotonicity summary."""
         lines = ["| group | " + " | ".join(c[0] for c in _TABLE) + " |", "|" + " --- |" * (len(_TABLE) + 1)]
-        lines += [f"| {group} | " + " | ".join(_fmt(getattr(r, name), spec) for _, name, spec in _TABLE) + " |"
+        lines += [f"| {group} | " + " | ".join(fmt(getattr(r, name), spec) for _, name, spec in _TABLE) + " |"
                   for group, rows in [("all", self.overall), *self.per_difficulty.items()] for r in rows]
         lines += ["", "Monotone in α (overall): " + "; ".join(
             f"{m}: {'non-decreasing' if s['non_decreasing'] else 'not monotone'} ({s['increases']}/{s['steps']} "
-            f"steps up, ρ={_fmt(s['spearman'], '.2f')})" for m, s in self.monotone.items())]
+            f"steps up, ρ={fmt(s['spearman'], '.2f')})" for m, s in self.monotone.items())]
         return "\n".join(lines) + "\n"
 
     def save(self, out_dir: str | os.PathLike) -> list[Path]:
@@ -279,7 +279,7 @@ def plot_report(report: MismatchReport, out: Path) -> list[Path]:
         fig.subplots_adjust(left=0.09, right=0.98, bottom=0.15, top=0.95, wspace=0.32)
         for ax, (ylabel, lines) in zip(fig.subplots(1, 2, squeeze=False)[0], panels):
             for label, rs, metric in lines:
-                ax.plot([r.ratio for r in rs], [_finite(getattr(r, metric)) for r in rs], "o-", label=label)
+                ax.plot([r.ratio for r in rs], [finite(getattr(r, metric)) for r in rs], "o-", label=label)
             ax.set(xlabel="reveal ratio α", ylabel=ylabel)
             ax.grid(alpha=0.3)
             ax.legend(fontsize="small")
@@ -287,11 +287,26 @@ def plot_report(report: MismatchReport, out: Path) -> list[Path]:
     return [out / name for name in figures]
 
 
-def measure_mismatch(model, tokenizer, problems: Sequence, cfg: MismatchConfig = MismatchConfig(),
-                     prompt_cfg: PromptConfig | None = None, engine=None, meta: dict | None = None) -> MismatchReport:
-    """The sweep on a loaded model (module docstring): sample once, score at every ratio, and one
-    greedy teacher generation per problem and ratio. The model is left in eval mode; engine (also
-    used for the teacher generations) defaults to HFRolloutEngine(model, tokenizer, cfg.batch_size)."""
+@dataclass(frozen=True)
+class Sweep:
+    """The sampled rollouts and their scores at every ratio, shared by measure_mismatch and the toy
+    world's per-position analysis (atesd.toy.positions). problem_of[r]: rollout r's problem;
+    correct[r]: score_batch's verdict; teachers[k][i]: the teacher prompt of problem i at ratios[k];
+    scores[k]: score_views' TokenScores at ratios[k], rollouts in order."""
+
+    ratios: tuple[float, ...]
+    problems: list
+    problem_of: list[int]
+    rollouts: list
+    correct: list[bool]
+    teachers: list[list[list[int]]]
+    scores: list[TokenScores]
+
+
+def sample_and_score(model, tokenizer, problems: Sequence, cfg: MismatchConfig = MismatchConfig(),
+                     prompt_cfg: PromptConfig | None = None, engine=None) -> Sweep:
+    """Sample cfg.samples_per_problem student rollouts for the first cfg.n_problems problems (one
+    seeded engine call), judge them, and score them under the teacher prompt at every ratio."""
     prompt_cfg = prompt_cfg or PromptConfig()
     problems = list(problems[:cfg.n_problems] if cfg.n_problems else problems)
     if not problems:
@@ -307,6 +322,21 @@ def measure_mismatch(model, tokenizer, problems: Sequence, cfg: MismatchConfig =
     scores = score_views(model.eval(), student, [[t[i] for i in problem_of] for t in teachers],
                          [list(r.completion_ids) for r in rollouts], pad_id, cfg.batch_size,
                          cfg.chunk_size, cfg.kl_temperature, cfg.clip)
+    return Sweep(cfg.ratios, problems, problem_of, list(rollouts), list(correct), teachers, scores)
+
+
+def measure_mismatch(model, tokenizer, problems: Sequence, cfg: MismatchConfig = MismatchConfig(),
+                     prompt_cfg: PromptConfig | None = None, engine=None, meta: dict | None = None,
+                     sweep: Sweep | None = None) -> MismatchReport:
+    """The sweep on a loaded model (module docstring): sample once, score at every ratio, and one
+    greedy teacher generation per problem and ratio. The model is left in eval mode; engine (also
+    used for the teacher generations) defaults to HFRolloutEngine(model, tokenizer, cfg.batch_size).
+    sweep: sample_and_score(model, tokenizer, problems, cfg, prompt_cfg) already run (not redone)."""
+    prompt_cfg = prompt_cfg or PromptConfig()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    engine = engine or HFRolloutEngine(model.eval(), tokenizer, batch_size=cfg.batch_size)
+    sweep = sweep or sample_and_score(model, tokenizer, problems, cfg, prompt_cfg, engine)
+    problems, problem_of, correct, teachers = sweep.problems, sweep.problem_of, sweep.correct, sweep.teachers
     solved = teacher_solves(engine, problems, teachers, cfg.max_new_tokens)
     grounding = [grounding_logprobs(model, tokenizer, problems, t, ratio, pad_id, cfg.batch_size, cfg.chunk_size)
                  for ratio, t in zip(cfg.ratios, teachers)]
@@ -314,12 +344,24 @@ def measure_mismatch(model, tokenizer, problems: Sequence, cfg: MismatchConfig =
     for r, i in enumerate(problem_of):
         by_group.setdefault("unknown" if problems[i].difficulty is None else str(problems[i].difficulty), []).append(r)
     rows = lambda members: tuple(summarise(ratio, s, members, correct, ok, g, problem_of)  # noqa: E731
-                                 for ratio, s, ok, g in zip(cfg.ratios, scores, solved, grounding))
+                                 for ratio, s, ok, g in zip(cfg.ratios, sweep.scores, solved, grounding))
     overall = rows(list(range(len(problem_of))))
     per_difficulty = {g: rows(by_group[g]) for g in sorted(by_group, key=lambda g: (not g.isdigit(), g.zfill(9)))}
     return MismatchReport(
         ratios=cfg.ratios, overall=overall, per_difficulty=per_difficulty, monotone=monotone_summary(overall),
         config={**asdict(cfg), "prompts": asdict(prompt_cfg)}, meta=dict(meta or {}))
+
+
+def load_frozen(model_dir: str | os.PathLike, dtype: str = "float32", device: str | None = None):
+    """(model, tokenizer, device): a frozen model (atesd.policy) on `device` (default: cuda if present)."""
+    from atesd.config import ModelConfig
+    from atesd.policy import DTYPES, load_model, load_tokenizer
+
+    if dtype not in DTYPES:
+        raise ValueError(f"mismatch: unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    model_cfg = ModelConfig(name_or_path=str(model_dir), dtype=dtype)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return load_model(model_cfg, trainable=False).to(device), load_tokenizer(model_cfg), device
 
 
 def run_mismatch(model_dir: str | os.PathLike, data: str, ratios: Sequence[float] = DEFAULT_RATIOS,
@@ -328,19 +370,12 @@ def run_mismatch(model_dir: str | os.PathLike, data: str, ratios: Sequence[float
     """Load a model (atesd.policy, frozen) and problems (atesd.data.load_problems), run the sweep and
     write mismatch.json, mismatch.md and the PNGs into out_dir. options: MismatchConfig's other
     fields (n_problems, max_new_tokens, seed, ...). thinking: the student's enable_thinking."""
-    from atesd.config import ModelConfig
     from atesd.data import load_problems
-    from atesd.policy import DTYPES, load_model, load_tokenizer
 
-    if dtype not in DTYPES:
-        raise ValueError(f"mismatch: unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     cfg = MismatchConfig(ratios=tuple(ratios), **options)
     problems = load_problems(data, split=split)
-    model_cfg = ModelConfig(name_or_path=str(model_dir), dtype=dtype)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(model_cfg, trainable=False).to(device)
+    model, tokenizer, device = load_frozen(model_dir, dtype, device)
     meta = dict(model=str(model_dir), data=str(data), split=split, dtype=dtype, device=device)
-    report = measure_mismatch(model, load_tokenizer(model_cfg), problems, cfg,
-                              PromptConfig(student_thinking=thinking), meta=meta)
+    report = measure_mismatch(model, tokenizer, problems, cfg, PromptConfig(student_thinking=thinking), meta=meta)
     report.save(out_dir)
     return report

@@ -9,4 +9,6 @@ to end on a CPU in minutes, through the same code paths as a real checkpoint.
 - `warmstart`: the supervised student/teacher mix that makes the base model.
 - `build`: `build_toy_world(cfg) -> Path`, cached and atomic; `ToyWorldConfig`.
 - `report`: `toy_world_report(world)`, the student / teacher / headroom tables.
+- `positions`: where the teacher–student KL sits in a rollout (before / at / after its first wrong
+  step, answer line); `atesd mismatch --positions`. Diagnosis only.
 """
