@@ -26,11 +26,11 @@ world was built when the step counts were chosen, so the cost model is an estima
 measurement: ~1 s per optimizer step of 32 rollouts × 128 tokens (`SECONDS_PER_ROLLOUT`, linear in
 rollouts; learned exposure adds its probe forwards, ~20 %), and ~0.6 s per 32 sampled evaluation
 completions (`SECONDS_PER_EVAL_SAMPLE`), plus ~5 s per run for loading and saving models. 12 methods
-× 3 seeds at 60 steps × 32 prompts, 5 validations of 64 problems × 4 samples and a test of 200
-problems × 8 samples ≈ 70 minutes. A resumed run's `train_seconds` counts its last stretch only.
+× 3 seeds at 48 steps × 32 prompts, 4 validations of 64 problems × 4 samples and a test of 200
+problems × 8 samples ≈ 61 minutes (chosen to leave room under 90 on a busy machine). A resumed run's `train_seconds` counts its last stretch only.
 
 Departures (ours, not the papers'):
-  1. Toy scale: 60 steps, validation on 64 problems with k = 4, test on 200 problems with k = 8.
+  1. Toy scale: 48 steps, validation on 64 problems with k = 4, test on 200 problems with k = 8.
   2. `--quick` builds its own tiny world (preset toy-test, 400 training problems, 50 warm-start
      steps, cached): `toy:toy-test` warm-starts for 1200 steps, which takes over 6 minutes on 2
      shared cores, too slow for a CI smoke.
@@ -105,7 +105,7 @@ class BenchBudget:
         return self.steps * self.prompts_per_step
 
 
-FULL_BUDGET = BenchBudget(steps=60, prompts_per_step=32, validation_every=12, val_problems=64, val_k=4,
+FULL_BUDGET = BenchBudget(steps=48, prompts_per_step=32, validation_every=12, val_problems=64, val_k=4,
                           test_problems=200, test_k=8, max_new_tokens=128)
 QUICK_BUDGET = BenchBudget(steps=2, prompts_per_step=2, validation_every=1, val_problems=2, val_k=2,
                            test_problems=8, test_k=2, max_new_tokens=32)

@@ -62,17 +62,17 @@ class WarmStartConfig:
         batches; grouping saves compute but its uniform batches learnt far slower per second here).
     """
 
-    steps: int = 1200
+    steps: int = 1000
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 1e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 50
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    teacher_fraction: float = 0.6
+    teacher_fraction: float = 0.5
     full_reveal_prob: float = 0.3
     copy_order_prob: float = 0.5
-    wrong_prefix_prob: float = 0.0
+    wrong_prefix_prob: float = 0.5
     student_max_level: int | None = 3
     student_reorder: bool = True
     bucket_batches: int = 1

@@ -1,0 +1,147 @@
+"""The toy-world search behind docs/toy-world.md: build a world variant, then measure a training run.
+
+    # a toy world whose warm start differs from the default (JSON overrides of WarmStartConfig)
+    python benchmarks/toy_search.py world --warm-start '{"student_max_level": null}' --out /tmp/w
+    # a training run on it and the paired change of held-out sampled Average@8 it causes
+    python benchmarks/toy_search.py distill --world /tmp/w --config configs/toy-opsd.yaml \
+        loss.divergence=reverse_kl optim.lr=3e-5
+
+`world` prints the student / teacher / headroom tables (atesd.toy.report, first --n test problems).
+`distill` evaluates the world's model once (cached in the world as base_eval_<n>_<k>.json), trains
+with the config and the `key=value` overrides, evaluates the final model on the same test problems
+with the same sampling seed, and prints one RESULT line: base, after, the paired change ± its
+standard error (over problems), per difficulty, plus the first and last ten steps' mean rollout
+accuracy, divergence, top-1 disagreement and entropies. `--train-max-level L` trains only on train
+problems of difficulty <= L (a curriculum choice a real run could make: datasets carry levels).
+Results are appended to --log as JSON lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+
+def build_world(args) -> None:
+    from atesd.toy.build import ToyWorldConfig, build_toy_world, copy_world
+    from atesd.toy.report import toy_world_report
+    from atesd.toy.warmstart import WarmStartConfig
+
+    cfg = ToyWorldConfig(preset=args.preset, seed=args.seed,
+                         warm_start=replace(WarmStartConfig(), **json.loads(args.warm_start)))
+    started = time.time()
+    world = build_toy_world(cfg, progress=False)
+    if args.out:
+        world = copy_world(world, args.out)
+    print(f"world {world} built in {time.time() - started:.0f} s (cached builds return at once)", flush=True)
+    report = toy_world_report(world, n_problems=args.n, samples=args.k, headroom_steps=args.headroom_steps,
+                              progress=False)
+    print(report.to_markdown())
+
+
+def _train_subset(world: Path, max_level: int) -> Path:
+    from atesd.data import load_problems, write_problems
+
+    path = world / "data" / f"train_max_level_{max_level}.jsonl"
+    if not path.is_file():
+        problems = load_problems(world / "data" / "train.jsonl")
+        write_problems(path, [p for p in problems if p.difficulty is not None and p.difficulty <= max_level])
+    return path
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def distill(args) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from atesd.config import load_config
+    from atesd.data import load_problems
+    from atesd.evaluate import evaluate, paired_difference
+    from atesd.report import read_jsonl
+    from atesd.rollout.base import SamplingParams
+    from atesd.train import train
+
+    torch.set_num_threads(args.threads)
+    world = Path(args.world)
+    train_file = _train_subset(world, args.train_max_level) if args.train_max_level else world / "data" / "train.jsonl"
+    out = Path(args.runs) / args.name
+    cfg = load_config(args.config, [f"model.name_or_path={world}", f"data.train={train_file}",
+                                    f"data.val={world / 'data' / 'val.jsonl'}", f"output_dir={out}",
+                                    "progress=false", "save_every=100000", *args.overrides])
+    test = load_problems(world / "data" / "test.jsonl")[: args.n]
+    sampling = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
+                              seed=1234)
+    tokenizer = AutoTokenizer.from_pretrained(world)
+
+    def run_eval(model):
+        return evaluate(model.eval(), tokenizer, test, k=args.k, sampling=sampling, prompt_cfg=cfg.prompts,
+                        progress=False, score_workers=0)
+
+    base_file = world / f"base_eval_{args.n}_{args.k}.json"
+    if not base_file.is_file():
+        report = run_eval(AutoModelForCausalLM.from_pretrained(world))
+        base_file.write_text(json.dumps({"accuracy": report.average_at_k, "per_problem": report.per_problem_accuracy,
+                                         "per_difficulty": {k: v.average_at_k for k, v in report.per_difficulty.items()}}))
+    base = json.loads(base_file.read_text())
+    started = time.time()
+    result = train(cfg)
+    seconds = time.time() - started
+    after = run_eval(result.model)
+    change, se = paired_difference(base["per_problem"], after.per_problem_accuracy)
+    rows = list(read_jsonl(out / "metrics.jsonl"))
+    keys = ("rollout/accuracy", "train/divergence_mean", "train/top1_disagreement", "train/student_entropy",
+            "train/teacher_entropy")
+    record = {"name": args.name, "world": str(world), "config": args.config, "overrides": args.overrides,
+              "train_max_level": args.train_max_level, "base": base["accuracy"], "after": after.average_at_k,
+              "change": change, "standard_error": se,
+              "after_per_difficulty": {k: v.average_at_k for k, v in after.per_difficulty.items()},
+              "base_per_difficulty": base["per_difficulty"], "train_seconds": round(seconds),
+              "first10": {k: _mean(rows[:10], k) for k in keys}, "last10": {k: _mean(rows[-10:], k) for k in keys}}
+    print(f"RESULT {args.name}: base {100 * record['base']:.1f}% after {100 * after.average_at_k:.1f}% "
+          f"change {100 * change:+.1f} ± {100 * se:.1f} points; after per difficulty "
+          f"{[round(100 * v) for v in record['after_per_difficulty'].values()]} "
+          f"(base {[round(100 * v) for v in base['per_difficulty'].values()]}); {seconds:.0f} s", flush=True)
+    print("  first 10 steps", record["first10"], "\n  last 10 steps", record["last10"], flush=True)
+    with open(args.log, "a") as log:
+        log.write(json.dumps(record) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("world", help="build a toy world variant and print its tables")
+    w.add_argument("--preset", default="toy-1m")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--warm-start", default="{}", help="JSON object of WarmStartConfig overrides")
+    w.add_argument("--out", default=None, help="copy the world here (default: stay in the cache)")
+    w.add_argument("--n", type=int, default=200, help="test problems for the tables")
+    w.add_argument("--k", type=int, default=4, help="samples per problem for the student table")
+    w.add_argument("--headroom-steps", type=int, default=300)
+    w.set_defaults(func=build_world)
+    d = sub.add_parser("distill", help="train on a world and print the paired change of held-out accuracy")
+    d.add_argument("--world", required=True)
+    d.add_argument("--config", default="configs/toy-opsd.yaml")
+    d.add_argument("--name", required=True, help="run name (runs/<name>)")
+    d.add_argument("--runs", default="runs/toy-search")
+    d.add_argument("--n", type=int, default=200, help="first n test problems")
+    d.add_argument("--k", type=int, default=8, help="samples per problem (Average@k)")
+    d.add_argument("--threads", type=int, default=2)
+    d.add_argument("--train-max-level", type=int, default=None)
+    d.add_argument("--log", default="runs/toy-search/results.jsonl")
+    d.add_argument("overrides", nargs="*", help="key=value config overrides")
+    d.set_defaults(func=distill)
+    args = parser.parse_args()
+    if getattr(args, "log", None):
+        Path(args.log).parent.mkdir(parents=True, exist_ok=True)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
