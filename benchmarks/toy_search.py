@@ -30,7 +30,7 @@ def build_world(args) -> None:
     from atesd.toy.report import toy_world_report
     from atesd.toy.warmstart import WarmStartConfig
 
-    cfg = ToyWorldConfig(preset=args.preset, seed=args.seed,
+    cfg = ToyWorldConfig(preset=args.preset, seed=args.seed, threads=args.threads,
                          warm_start=replace(WarmStartConfig(), **json.loads(args.warm_start)))
     started = time.time()
     world = build_toy_world(cfg, progress=False)
@@ -38,7 +38,7 @@ def build_world(args) -> None:
         world = copy_world(world, args.out)
     print(f"world {world} built in {time.time() - started:.0f} s (cached builds return at once)", flush=True)
     report = toy_world_report(world, n_problems=args.n, samples=args.k, headroom_steps=args.headroom_steps,
-                              progress=False)
+                              progress=False, threads=args.threads)
     print(report.to_markdown())
 
 
@@ -124,6 +124,7 @@ def main() -> None:
     w.add_argument("--n", type=int, default=200, help="test problems for the tables")
     w.add_argument("--k", type=int, default=4, help="samples per problem for the student table")
     w.add_argument("--headroom-steps", type=int, default=300)
+    w.add_argument("--threads", type=int, default=2, help="torch threads (part of the world's cache key)")
     w.set_defaults(func=build_world)
     d = sub.add_parser("distill", help="train on a world and print the paired change of held-out accuracy")
     d.add_argument("--world", required=True)

@@ -57,6 +57,26 @@ def test_wrong_prefix_example_skips_only_the_wrong_step_and_matches_whole_text_i
         assert not check.answer_correct  # the continuation follows the wrong value to its end
 
 
+def test_student_wrong_prefix_examples_use_the_student_prompt_and_skip_the_wrong_step(tiny_tokenizer):
+    cfg = WarmStartConfig(student_wrong_prefix_prob=1.0)
+    rng = random.Random(1)
+    for problem in task.toy_problems(10, seed=6, levels=[3, 4, 5]):
+        e = make_example(problem, tiny_tokenizer, PromptConfig(), rng, cfg, teacher=False)
+        assert list(e.prompt_ids) == student_prompt(tiny_tokenizer, problem.problem, PromptConfig())
+        text = tiny_tokenizer.decode(e.completion_ids).removesuffix(tiny_tokenizer.eos_token)
+        check = task.check_steps(problem.problem, text)
+        assert check.first_error is not None and not all(e.loss_mask)
+
+
+def test_without_student_wrong_prefixes_every_student_example_is_fully_trained(tiny_tokenizer, toy_problems):
+    cfg = WarmStartConfig(teacher_fraction=0.0, student_max_level=None)
+    stream = example_stream(toy_problems, tiny_tokenizer, PromptConfig(), cfg, 0)
+    assert all(all(next(stream).loss_mask) for _ in range(30))
+    mixed = example_stream(toy_problems, tiny_tokenizer, PromptConfig(),
+                           WarmStartConfig(teacher_fraction=0.0, student_max_level=None, student_wrong_prefix_prob=0.5), 0)
+    assert not all(all(next(mixed).loss_mask) for _ in range(30))
+
+
 def test_piecewise_encoding_equals_encoding_the_whole_completion(tiny_tokenizer, toy_problems):
     solution = toy_problems[-1].solution
     cut = solution.index("\n\n", solution.index("\n\n") + 1)

@@ -55,6 +55,10 @@ class WarmStartConfig:
         own step order; otherwise an independently drawn valid order.
     wrong_prefix_prob: (toy task) probability that a teacher example's completion is a wrong
         solution continued consistently after its first wrong step (loss skips that step).
+    student_wrong_prefix_prob: (toy task) the same for student examples: the student format too
+        learns to continue its own wrong prefix consistently, as a pretrained model does (a wrong
+        step is never a target), so that after an error the two formats differ only by what the
+        reference tells.
     student_max_level: student examples only from problems of difficulty <= this (None: all).
     student_reorder: (toy task) student completions use a freshly drawn valid order instead of the
         reference's.
@@ -73,6 +77,7 @@ class WarmStartConfig:
     full_reveal_prob: float = 0.3
     copy_order_prob: float = 0.5
     wrong_prefix_prob: float = 0.5
+    student_wrong_prefix_prob: float = 0.0
     student_max_level: int | None = 3
     student_reorder: bool = True
     bucket_batches: int = 1
@@ -80,7 +85,8 @@ class WarmStartConfig:
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1:
             raise ValueError("warm_start needs steps >= 0 and batch_size >= 1")
-        for name in ("teacher_fraction", "full_reveal_prob", "copy_order_prob", "wrong_prefix_prob", "min_lr_ratio"):
+        for name in ("teacher_fraction", "full_reveal_prob", "copy_order_prob", "wrong_prefix_prob",
+                     "student_wrong_prefix_prob", "min_lr_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"warm_start.{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -123,14 +129,12 @@ def _is_toy(problem: Problem) -> bool:
     return problem.source == task.SOURCE
 
 
-def _toy_teacher_completion(problem: Problem, rng: random.Random,
-                            cfg: WarmStartConfig) -> tuple[str, tuple[int, int] | None]:
-    root = task.parse_problem(problem.problem)
-    if rng.random() < cfg.copy_order_prob:
-        order = task.solution_order(problem.problem, problem.solution)
-    else:
-        order = task.random_order(root, rng)
-    if rng.random() >= cfg.wrong_prefix_prob:
+def _toy_completion(root: task.Node, order: Sequence[task.Path], rng: random.Random,
+                   wrong_prefix_prob: float) -> tuple[str, tuple[int, int] | None]:
+    """A solution in `order`; with probability wrong_prefix_prob a wrong one continued consistently
+    after its wrong step, with the (start, end) characters of that step to skip in the loss.
+    (No random draw when the probability is 0, so a stream without wrong prefixes is unchanged.)"""
+    if wrong_prefix_prob == 0.0 or rng.random() >= wrong_prefix_prob:
         return task.solution_text(root, order), None
     text, wrong = task.corrupted_solution(root, order, rng)
     starts = [0] + [i + 2 for i in range(len(text)) if text.startswith("\n\n", i)]
@@ -138,16 +142,27 @@ def _toy_teacher_completion(problem: Problem, rng: random.Random,
     return text, (start, starts[wrong + 1] - 2)
 
 
+def _toy_teacher_completion(problem: Problem, rng: random.Random,
+                            cfg: WarmStartConfig) -> tuple[str, tuple[int, int] | None]:
+    root = task.parse_problem(problem.problem)
+    if rng.random() < cfg.copy_order_prob:
+        order = task.solution_order(problem.problem, problem.solution)
+    else:
+        order = task.random_order(root, rng)
+    return _toy_completion(root, order, rng, cfg.wrong_prefix_prob)
+
+
 def make_example(problem: Problem, tokenizer, prompt_cfg: PromptConfig, rng: random.Random,
                  cfg: WarmStartConfig, teacher: bool) -> Example:
     """A student or teacher example for one problem (see the module docstring)."""
     if not teacher:
         prompt = student_prompt(tokenizer, problem.problem, prompt_cfg)
-        completion = problem.solution
-        if _is_toy(problem) and cfg.student_reorder:
-            root = task.parse_problem(problem.problem)
-            completion = task.solution_text(root, task.random_order(root, rng))
-        return completion_example(tokenizer, prompt, completion)
+        if not _is_toy(problem):
+            return completion_example(tokenizer, prompt, problem.solution)
+        root = task.parse_problem(problem.problem)
+        order = (task.random_order(root, rng) if cfg.student_reorder
+                 else task.solution_order(problem.problem, problem.solution))
+        return completion_example(tokenizer, prompt, *_toy_completion(root, order, rng, cfg.student_wrong_prefix_prob))
     revealed = reveal(problem.solution, _reveal_ratio(rng, cfg))
     prompt = teacher_prompt(tokenizer, problem.problem, revealed, prompt_cfg)
     if not _is_toy(problem):
