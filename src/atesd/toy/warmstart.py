@@ -66,7 +66,7 @@ class WarmStartConfig:
         batches; grouping saves compute but its uniform batches learnt far slower per second here).
     """
 
-    steps: int = 1000
+    steps: int = 1200
     batch_size: int = 32
     lr: float = 1e-3
     min_lr_ratio: float = 0.05
@@ -75,8 +75,8 @@ class WarmStartConfig:
     grad_clip: float = 1.0
     teacher_fraction: float = 0.5
     full_reveal_prob: float = 0.3
-    copy_order_prob: float = 0.5
-    wrong_prefix_prob: float = 0.5
+    copy_order_prob: float = 0.7
+    wrong_prefix_prob: float = 0.25
     student_wrong_prefix_prob: float = 0.0
     student_max_level: int | None = 3
     student_reorder: bool = True
