@@ -82,7 +82,7 @@ def test_quick_bench_writes_results_report_and_plots(quick_bench):
     bench = json.loads((out / "bench.json").read_text())
     assert len(bench["results"]) == len(BENCH_METHODS) and bench["budget"]["steps"] == QUICK_BUDGET.steps
     text = (out / "BENCHMARKS-toy.md").read_text()
-    for needle in ("atesd bench --suite toy", "torch", "Paired difference against OPSD",
+    for needle in ("atesd bench --suite toy", "torch", "Paired difference against OPSD", "Paired difference against the base",
                    "reach GRPO's final validation accuracy", "| atesd |", "difficulty 1"):
         assert needle in text
     for plot in PLOTS:

@@ -4,7 +4,8 @@ Written by `atesd.bench.run_bench` into the bench folder:
   bench.json               the command, machine, date, budget and every run's result
   BENCHMARKS-toy.md        a markdown section: test Average@k per method (mean ± std over seeds),
                            the chosen step and rollout tokens, accuracy per difficulty, the paired
-                           difference against OPSD, rollout tokens to reach GRPO's final accuracy
+                           differences against the untrained base and against OPSD, rollout
+                           tokens to reach GRPO's final accuracy
   bench_accuracy.png       test Average@k per method, bars with ± std over seeds
   bench_per_difficulty.png test Average@k against difficulty, one line per method
   bench_tokens.png         validation Average@k against cumulative rollout tokens, per method
@@ -12,7 +13,7 @@ Written by `atesd.bench.run_bench` into the bench folder:
 
 Statistics (ours):
   1. std is the sample standard deviation over seeds (0 for one seed).
-  2. The paired difference against OPSD pools the (seed, test problem) pairs of the seeds both
+  2. A paired difference (against the base or OPSD) pools the (seed, test problem) pairs of the seeds both
      methods ran and calls `atesd.evaluate.paired_difference` on them: its SE is the test-sampling
      noise given the trained models, not the training-seed variance (the std column shows that).
   3. "Tokens to reach GRPO": per seed, the threshold is GRPO's validation accuracy at its last
@@ -37,6 +38,7 @@ MARKDOWN_FILE = "BENCHMARKS-toy.md"
 BENCH_JSON = "bench.json"
 PLOTS = ("bench_accuracy.png", "bench_per_difficulty.png", "bench_tokens.png", "bench_ratios.png")
 REFERENCE = "opsd"
+BASE = "base"
 TOKEN_TARGET = "grpo"
 
 
@@ -63,11 +65,13 @@ def _difficulties(results: Sequence[dict]) -> list[str]:
     return sorted(keys, key=lambda k: (order(k), k))
 
 
-def paired_vs_reference(groups: dict[str, list[dict]], name: str) -> tuple[float, float, int] | None:
-    """(mean, SE, pairs) of method − OPSD over the pooled (seed, problem) pairs (statistic 2)."""
-    if REFERENCE not in groups or name == REFERENCE:
+def paired_vs_reference(groups: dict[str, list[dict]], name: str,
+                        reference_name: str = REFERENCE) -> tuple[float, float, int] | None:
+    """(mean, SE, pairs) of method − reference (OPSD, or the untrained base) over the pooled
+    (seed, problem) pairs (statistic 2)."""
+    if reference_name not in groups or name == reference_name:
         return None
-    reference = {r["seed"]: r["test"]["per_problem_accuracy"] for r in groups[REFERENCE]}
+    reference = {r["seed"]: r["test"]["per_problem_accuracy"] for r in groups[reference_name]}
     before, after = {}, {}
     for run in groups[name]:
         if run["seed"] in reference:
@@ -141,14 +145,16 @@ def markdown(groups: dict[str, list[dict]], meta: dict, plots: Sequence[str] = P
             cells.append(f"{_pct(mean_std(values)[0])} ± {_pct(mean_std(values)[1])}" if values else "–")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
-    lines += ["", f"### Paired difference against OPSD (test Average@{k}, points)", ""]
-    if REFERENCE not in groups:
-        lines.append("OPSD is not in this bench.")
-    else:
-        lines += ["| method | Δ vs OPSD | SE | (seed, problem) pairs | significant (abs Δ > 2·SE) |",
+    for reference, label in ((BASE, "the base (the warm-started model, untrained)"), (REFERENCE, "OPSD")):
+        lines += ["", f"### Paired difference against {label} (test Average@{k}, points)", ""]
+        if reference not in groups:
+            lines.append(f"{reference} is not in this bench.")
+            continue
+        short = "base" if reference == BASE else "OPSD"
+        lines += [f"| method | Δ vs {short} | SE | (seed, problem) pairs | significant (abs Δ > 2·SE) |",
                   "| --- | --- | --- | --- | --- |"]
         for name in groups:
-            diff = paired_vs_reference(groups, name)
+            diff = paired_vs_reference(groups, name, reference)
             if diff is not None:
                 mean, se, n = diff
                 lines.append(f"| {name} | {100 * mean:+.1f} | {100 * se:.1f} | {n} | "

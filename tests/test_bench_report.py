@@ -1,0 +1,31 @@
+"""The bench report's statistics on hand-made results (no training): paired differences pool
+(seed, problem) pairs and use the chosen reference."""
+
+from __future__ import annotations
+
+import pytest
+
+from atesd.bench_report import paired_vs_reference
+
+
+def _run(method: str, seed: int, per_problem: dict[str, float]) -> dict:
+    return {"method": method, "seed": seed, "test": {"per_problem_accuracy": per_problem}}
+
+
+def test_paired_difference_against_base_pools_seed_problem_pairs():
+    groups = {
+        "base": [_run("base", 0, {"a": 0.5, "b": 0.0}), _run("base", 1, {"a": 0.5, "b": 0.5})],
+        "opsd": [_run("opsd", 0, {"a": 0.0, "b": 0.0}), _run("opsd", 1, {"a": 0.5, "b": 0.0})],
+        "sft": [_run("sft", 0, {"a": 1.0, "b": 0.5}), _run("sft", 1, {"a": 1.0, "b": 1.0})],
+    }
+    mean, se, pairs = paired_vs_reference(groups, "sft", "base")
+    assert pairs == 4 and mean == pytest.approx(0.5) and se == pytest.approx(0.0)
+    mean, _, _ = paired_vs_reference(groups, "opsd", "base")
+    assert mean == pytest.approx((-0.5 + 0.0 + 0.0 - 0.5) / 4)
+    assert paired_vs_reference(groups, "sft")[0] == pytest.approx((1.0 + 0.5 + 0.5 + 1.0) / 4)  # default: OPSD
+
+
+def test_no_paired_difference_for_the_reference_itself_or_when_it_is_missing():
+    groups = {"base": [_run("base", 0, {"a": 0.5})], "sft": [_run("sft", 0, {"a": 1.0})]}
+    assert paired_vs_reference(groups, "base", "base") is None
+    assert paired_vs_reference(groups, "sft") is None  # no OPSD runs
