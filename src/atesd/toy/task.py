@@ -26,7 +26,7 @@ arithmetic ones. `check_steps` replays a completion against the tree and finds i
 step, so later analyses can split per-token quantities into before / at / after the first error
 and the answer line.
 
-Where this departs from anything published: the papers use real math data; this is the toy-notes
+Where this departs from anything published: the papers use real math data; this is our own synthetic
 task, with a seeded generator, a step checker and student-style wrong solutions for the warm start.
 """
 
@@ -219,7 +219,7 @@ def corrupted_solution(root: Node, order: Sequence[Path], rng: random.Random) ->
     consistently with the wrong value (correct arithmetic on the values written so far), so the
     answer is wrong. Returns (text, index of the wrong step).
 
-    Two kinds of error, as toy-notes observed in rollouts: a miscopied operand (state tracking,
+    Two kinds of error, as the student's own rollouts show (docs/toy-world.md): a miscopied operand (state tracking,
     the common one) or an arithmetic slip in the result.
     """
     answer = value_of(root)

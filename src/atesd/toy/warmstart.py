@@ -8,12 +8,12 @@ tokens only (cross-entropy over [B, T, V] logits at the completion positions):
 - teacher examples: teacher prompt with a reference revealed at ratio α → a solution.
 
 For the toy task a teacher example's completion is a solution of the same program, either in the
-reference's own step order ("copy-friendly": toy-notes found the teacher ignored the reference
-without these) or in an independently drawn valid order. Optionally (`wrong_prefix_prob`) it is a
+reference's own step order ("copy-friendly": without these the teacher ignored the reference,
+docs/toy-world.md) or in an independently drawn valid order. Optionally (`wrong_prefix_prob`) it is a
 student-style wrong solution: one step goes wrong, the rest continues consistently with the wrong
 value, and the loss skips the wrong step. Such a teacher, scoring a student rollout after its first
 error, predicts continuations consistent with the student's own prefix rather than reference values
-(the failure toy-notes saw in OPSD). For other data the completion is the reference solution.
+(the failure docs/toy-world.md analyses). For other data the completion is the reference solution.
 
 The same training function runs the supervised control that measures headroom.
 
