@@ -94,7 +94,7 @@ class ModelPreset:
 PRESETS: dict[str, ModelPreset] = {
     # unit tests: builds and runs in milliseconds
     "toy-test": ModelPreset(hidden=32, layers=2, heads=2, kv_heads=1, head_dim=16, intermediate=64),
-    # the default toy world: ~0.9M parameters with a ~500-token vocabulary
+    # the default toy world: 0.84M parameters with the toy task's 385-token vocabulary
     "toy-1m": ModelPreset(hidden=128, layers=4, heads=4, kv_heads=2, head_dim=32, intermediate=384),
     # ~4M parameters: slower to warm-start on CPU (~1.7 s/step on 2 cores)
     "toy-5m": ModelPreset(hidden=256, layers=5, heads=4, kv_heads=2, head_dim=64, intermediate=768),
