@@ -145,12 +145,12 @@ def markdown(groups: dict[str, list[dict]], meta: dict, plots: Sequence[str] = P
             cells.append(f"{_pct(mean_std(values)[0])} ± {_pct(mean_std(values)[1])}" if values else "–")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
-    for reference, label in ((BASE, "the base (the warm-started model, untrained)"), (REFERENCE, "OPSD")):
+    for reference, label, short in ((BASE, "the base (the warm-started model, untrained)", "base"),
+                                    (REFERENCE, "OPSD", "OPSD")):
         lines += ["", f"### Paired difference against {label} (test Average@{k}, points)", ""]
         if reference not in groups:
             lines.append(f"{reference} is not in this bench.")
             continue
-        short = "base" if reference == BASE else "OPSD"
         lines += [f"| method | Δ vs {short} | SE | (seed, problem) pairs | significant (abs Δ > 2·SE) |",
                   "| --- | --- | --- | --- | --- |"]
         for name in groups:

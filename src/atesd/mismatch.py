@@ -224,6 +224,15 @@ def fmt(value, spec: str = ".4g") -> str:
     return "–" if finite(value) is None else format(value, spec)
 
 
+def write_report(out_dir: str | os.PathLike, stem: str, payload: dict, markdown: str) -> list[Path]:
+    """<stem>.json and <stem>.md into out_dir (created); returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    (out / f"{stem}.md").write_text(markdown, encoding="utf-8")
+    return [out / f"{stem}.json", out / f"{stem}.md"]
+
+
 @dataclass(frozen=True)
 class MismatchReport:
     """Rows per ratio, overall and per difficulty ("unknown" for none); monotone_summary(overall)."""
@@ -253,11 +262,8 @@ class MismatchReport:
 
     def save(self, out_dir: str | os.PathLike) -> list[Path]:
         """mismatch.json, mismatch.md and the two PNGs into out_dir; returns their paths."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "mismatch.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        (out / "mismatch.md").write_text(self.to_markdown(), encoding="utf-8")
-        return [out / "mismatch.json", out / "mismatch.md", *plot_report(self, out)]
+        return [*write_report(out_dir, "mismatch", self.to_dict(), self.to_markdown()),
+                *plot_report(self, Path(out_dir))]
 
 
 def plot_report(report: MismatchReport, out: Path) -> list[Path]:

@@ -29,7 +29,6 @@ training loss (training sees only the final-answer verdict and the teacher's dis
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -39,9 +38,9 @@ from typing import Sequence
 import numpy as np
 
 from atesd.mismatch import (DEFAULT_RATIOS, MismatchConfig, MismatchReport, Sweep, finite, fmt, load_frozen,
-                            measure_mismatch, sample_and_score)
+                            measure_mismatch, sample_and_score, write_report)
 from atesd.prompts import PromptConfig
-from atesd.toy.task import SOURCE, check_steps
+from atesd.toy.task import SOURCE, StepCheck, check_steps
 
 POSITIONS = ("before", "first_error", "after", "answer")
 GROUPS = ("wrong", "correct")
@@ -71,10 +70,11 @@ def _anchor(text: str, start: int, end: int) -> int:
     return start + len(piece) - len(piece.lstrip()) if piece.strip() else end
 
 
-def token_positions(problem_text: str, completion_text: str,
-                    token_char_spans: Sequence[tuple[int, int]]) -> list[str]:
-    """A class of POSITIONS per completion token (module docstring), from check_steps' paragraphs."""
-    check = check_steps(problem_text, completion_text)
+def token_positions(problem_text: str, completion_text: str, token_char_spans: Sequence[tuple[int, int]],
+                    check: StepCheck | None = None) -> list[str]:
+    """A class of POSITIONS per completion token (module docstring), from check_steps' paragraphs
+    (pass `check`, check_steps of the same texts, when already computed)."""
+    check = check or check_steps(problem_text, completion_text)
     first = check.first_error
     labels = ["before" if first is None or i < first else "first_error" if i == first else "after"
               for i in range(len(check.step_spans))]
@@ -158,11 +158,7 @@ class PositionsReport:
 
     def save(self, out_dir: str | os.PathLike) -> list[Path]:
         """positions.json and positions.md into out_dir; returns their paths."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "positions.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        (out / "positions.md").write_text(self.to_markdown(), encoding="utf-8")
-        return [out / "positions.json", out / "positions.md"]
+        return write_report(out_dir, "positions", self.to_dict(), self.to_markdown())
 
 
 def require_toy(problems: Sequence, data: str | os.PathLike) -> None:
@@ -179,8 +175,9 @@ def positions_from_sweep(tokenizer, sweep: Sweep, config: dict | None = None,
     for rollout, i, ok in zip(sweep.rollouts, sweep.problem_of, sweep.correct):
         problem = sweep.problems[i].problem
         text, spans = token_char_spans(tokenizer, rollout.completion_ids)
-        labels += token_positions(problem, text, spans)
-        kinds["correct" if ok else "wrong"][check_steps(problem, text).error_kind or "none"] += 1
+        check = check_steps(problem, text)
+        labels += token_positions(problem, text, spans, check)
+        kinds["correct" if ok else "wrong"][check.error_kind or "none"] += 1
     rows = []
     for ratio, scores in zip(sweep.ratios, sweep.scores):
         if scores.kl.numel() != len(labels):
