@@ -13,7 +13,12 @@ with the same sampling seed, and prints one RESULT line: base, after, the paired
 standard error (over problems), per difficulty, plus the first and last ten steps' mean rollout
 accuracy, divergence, top-1 disagreement and entropies. `--train-max-level L` trains only on train
 problems of difficulty <= L (a curriculum choice a real run could make: datasets carry levels).
-Results are appended to --log as JSON lines.
+Results are appended to --log as JSON lines, with the per-problem accuracies:
+
+    # paired difference between two logged runs (A - B), e.g. two reveal ratios
+    python benchmarks/toy_search.py compare K-rkl-3e5-500-r0.25-s0 K-rkl-3e5-500-s0@500
+    # the learning curve of a run that kept checkpoints (save_every=100 keep_checkpoints=5)
+    python benchmarks/toy_search.py checkpoints --name K-rkl-3e5-500-s0 --n 500
 """
 
 from __future__ import annotations
@@ -57,15 +62,38 @@ def _mean(rows: list[dict], key: str) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
 
-def distill(args) -> None:
-    import torch
+def _test_eval(world: Path, cfg, n: int, k: int):
+    """A function model -> EvalReport on the first n test problems (T = 1, sampling seed 1234), and the
+    base model's evaluation (cached in the world as base_eval_<n>_<k>.json)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from atesd.config import load_config
     from atesd.data import load_problems
-    from atesd.evaluate import evaluate, paired_difference
-    from atesd.report import read_jsonl
+    from atesd.evaluate import evaluate
     from atesd.rollout.base import SamplingParams
+
+    test = load_problems(world / "data" / "test.jsonl")[:n]
+    sampling = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
+                              seed=1234)
+    tokenizer = AutoTokenizer.from_pretrained(world)
+
+    def run_eval(model):
+        return evaluate(model.eval(), tokenizer, test, k=k, sampling=sampling, prompt_cfg=cfg.prompts,
+                        progress=False, score_workers=0)
+
+    base_file = world / f"base_eval_{n}_{k}.json"
+    if not base_file.is_file():
+        report = run_eval(AutoModelForCausalLM.from_pretrained(world))
+        base_file.write_text(json.dumps({"accuracy": report.average_at_k, "per_problem": report.per_problem_accuracy,
+                                         "per_difficulty": {k: v.average_at_k for k, v in report.per_difficulty.items()}}))
+    return run_eval, json.loads(base_file.read_text())
+
+
+def distill(args) -> None:
+    import torch
+
+    from atesd.config import load_config
+    from atesd.evaluate import paired_difference
+    from atesd.report import read_jsonl
     from atesd.train import train
 
     torch.set_num_threads(args.threads)
@@ -75,21 +103,7 @@ def distill(args) -> None:
     cfg = load_config(args.config, [f"model.name_or_path={world}", f"data.train={train_file}",
                                     f"data.val={world / 'data' / 'val.jsonl'}", f"output_dir={out}",
                                     "progress=false", "save_every=100000", *args.overrides])
-    test = load_problems(world / "data" / "test.jsonl")[: args.n]
-    sampling = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
-                              seed=1234)
-    tokenizer = AutoTokenizer.from_pretrained(world)
-
-    def run_eval(model):
-        return evaluate(model.eval(), tokenizer, test, k=args.k, sampling=sampling, prompt_cfg=cfg.prompts,
-                        progress=False, score_workers=0)
-
-    base_file = world / f"base_eval_{args.n}_{args.k}.json"
-    if not base_file.is_file():
-        report = run_eval(AutoModelForCausalLM.from_pretrained(world))
-        base_file.write_text(json.dumps({"accuracy": report.average_at_k, "per_problem": report.per_problem_accuracy,
-                                         "per_difficulty": {k: v.average_at_k for k, v in report.per_difficulty.items()}}))
-    base = json.loads(base_file.read_text())
+    run_eval, base = _test_eval(world, cfg, args.n, args.k)
     started = time.time()
     result = train(cfg)
     seconds = time.time() - started
@@ -103,7 +117,8 @@ def distill(args) -> None:
               "change": change, "standard_error": se,
               "after_per_difficulty": {k: v.average_at_k for k, v in after.per_difficulty.items()},
               "base_per_difficulty": base["per_difficulty"], "train_seconds": round(seconds),
-              "first10": {k: _mean(rows[:10], k) for k in keys}, "last10": {k: _mean(rows[-10:], k) for k in keys}}
+              "first10": {k: _mean(rows[:10], k) for k in keys}, "last10": {k: _mean(rows[-10:], k) for k in keys},
+              "per_problem": after.per_problem_accuracy}
     print(f"RESULT {args.name}: base {100 * record['base']:.1f}% after {100 * after.average_at_k:.1f}% "
           f"change {100 * change:+.1f} ± {100 * se:.1f} points; after per difficulty "
           f"{[round(100 * v) for v in record['after_per_difficulty'].values()]} "
@@ -111,6 +126,64 @@ def distill(args) -> None:
     print("  first 10 steps", record["first10"], "\n  last 10 steps", record["last10"], flush=True)
     with open(args.log, "a") as log:
         log.write(json.dumps(record) + "\n")
+
+
+def checkpoints(args) -> None:
+    """Evaluate every checkpoint a `distill` run kept (save_every=N keep_checkpoints=M): the learning
+    curve, written to <run>/checkpoint_evals.json with per-problem accuracies."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from atesd.config import load_config
+    from atesd.evaluate import paired_difference
+
+    torch.set_num_threads(args.threads)
+    run = Path(args.runs) / args.name
+    cfg = load_config(run / "config.yaml")
+    world = Path(cfg.model.name_or_path)
+    run_eval, base = _test_eval(world, cfg, args.n, args.k)
+    curve = []
+    for step_dir in sorted((run / "checkpoints").glob("step-*")):
+        model = AutoModelForCausalLM.from_pretrained(world)
+        loaded = model.load_state_dict(load_file(step_dir / "model.safetensors"), strict=False)
+        if loaded.unexpected_keys or set(loaded.missing_keys) - {"lm_head.weight"}:  # lm_head may be tied
+            raise SystemExit(f"{step_dir}: weights do not match the world's model ({loaded})")
+        report = run_eval(model)
+        change, se = paired_difference(base["per_problem"], report.per_problem_accuracy)
+        step = int(step_dir.name.split("-")[1])
+        curve.append({"step": step, "accuracy": report.average_at_k, "change": change, "standard_error": se,
+                      "per_problem": report.per_problem_accuracy})
+        print(f"CHECKPOINT {args.name} step {step}: {100 * report.average_at_k:.1f}% "
+              f"change {100 * change:+.1f} ± {100 * se:.1f} points", flush=True)
+    (run / "checkpoint_evals.json").write_text(json.dumps({"n": args.n, "k": args.k, "base": base["accuracy"],
+                                                           "curve": curve}))
+
+
+def compare(args) -> None:
+    """Paired difference between two runs' held-out accuracies (same problems, same sampling seed). A
+    name is a run logged by `distill`, or `<run>@<step>`: a checkpoint evaluated by `checkpoints`."""
+    from atesd.evaluate import paired_difference
+
+    runs = {}
+    for line in Path(args.log).read_text().splitlines():
+        record = json.loads(line)
+        if "per_problem" in record:
+            runs[record["name"]] = record["per_problem"]
+    for name in (args.a, args.b):
+        if "@" in name:
+            run, step = name.rsplit("@", 1)
+            evals = Path(args.runs) / run / "checkpoint_evals.json"
+            if evals.is_file():
+                runs.update({f"{run}@{p['step']}": p["per_problem"]
+                             for p in json.loads(evals.read_text())["curve"]})
+    missing = [name for name in (args.a, args.b) if name not in runs]
+    if missing:
+        raise SystemExit(f"{args.log}: no per-problem results for {', '.join(missing)}")
+    if len(runs[args.a]) != len(runs[args.b]):
+        raise SystemExit(f"{args.a} and {args.b} were evaluated on different numbers of problems")
+    change, se = paired_difference(runs[args.b], runs[args.a])
+    print(f"COMPARE {args.a} - {args.b}: {100 * change:+.1f} ± {100 * se:.1f} points")
 
 
 def main() -> None:
@@ -138,6 +211,19 @@ def main() -> None:
     d.add_argument("--log", default="runs/toy-search/results.jsonl")
     d.add_argument("overrides", nargs="*", help="key=value config overrides")
     d.set_defaults(func=distill)
+    c = sub.add_parser("checkpoints", help="evaluate every checkpoint a distill run kept (the learning curve)")
+    c.add_argument("--name", required=True)
+    c.add_argument("--runs", default="runs/toy-search")
+    c.add_argument("--n", type=int, default=200)
+    c.add_argument("--k", type=int, default=8)
+    c.add_argument("--threads", type=int, default=2)
+    c.set_defaults(func=checkpoints)
+    p = sub.add_parser("compare", help="paired difference of two logged runs: A - B")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--log", default="runs/toy-search/results.jsonl")
+    p.add_argument("--runs", default="runs/toy-search")
+    p.set_defaults(func=compare)
     args = parser.parse_args()
     if getattr(args, "log", None):
         Path(args.log).parent.mkdir(parents=True, exist_ok=True)

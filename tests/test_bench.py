@@ -59,6 +59,18 @@ def test_every_method_config_loads_with_the_same_rollout_budget(tmp_path, tiny_m
     assert (grpo.prompts_per_step, grpo.rollout.num_generations) == (4, 8)
 
 
+def test_bench_overrides_reach_every_method_but_the_method_own_override_wins(tmp_path, tiny_model_dir, data_dir):
+    shared = ("optim.lr=3e-05", "exposure.reveal_ratio=0.5")
+    for method in METHODS:
+        cfg = method_config(method, 0, FULL_BUDGET, tmp_path / method.name, str(tiny_model_dir), str(data_dir),
+                            overrides=shared)
+        assert cfg.optim.lr == 3e-05
+        if method.name == "fixed-0.25":
+            assert cfg.exposure.reveal_ratio == 0.25
+        elif method.name == "opsd":
+            assert cfg.exposure.reveal_ratio == 0.5
+
+
 def test_full_suite_plan_fits_in_ninety_minutes_on_the_cost_model():
     assert planned_seconds(FULL_BUDGET, METHODS, n_seeds=3) < 90 * 60
     validations = -(-FULL_BUDGET.steps // FULL_BUDGET.validation_every)
@@ -122,3 +134,8 @@ def test_bench_folder_refuses_another_budget(quick_bench, tiny_model_dir, data_d
     out, _ = quick_bench
     with pytest.raises(ValueError, match="another budget"):
         run_bench(quick=False, out=out, methods=["base"], model_dir=tiny_model_dir, data_dir=data_dir)
+    with pytest.raises(ValueError, match="another budget"):  # --steps changes the budget
+        run_bench(quick=True, out=out, methods=["base"], model_dir=tiny_model_dir, data_dir=data_dir, steps=8)
+    with pytest.raises(ValueError, match="overrides"):
+        run_bench(quick=True, out=out, methods=["base"], model_dir=tiny_model_dir, data_dir=data_dir,
+                  overrides=["optim.lr=1e-05"])

@@ -42,7 +42,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
@@ -161,10 +161,11 @@ def quick_world() -> Path:
 
 
 def method_config(method: Method, seed: int, budget: BenchBudget, run_dir: Path, model_dir: str,
-                  data_dir: str, config_dir: Path | None = None) -> TrainConfig:
-    """The TrainConfig of one run: the method's file and overrides, then the bench's budget, seed
-    (also the exposure policy's seed), paths and validation settings; checkpoints at every
-    validation. GRPO gets prompts_per_step / G prompts of G rollouts each."""
+                  data_dir: str, config_dir: Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """The TrainConfig of one run: the method's file, the bench's `overrides` (the same for every
+    method, e.g. optim.lr=1e-4), the method's overrides, then the bench's budget, seed (also the
+    exposure policy's seed), paths and validation settings; checkpoints at every validation. GRPO
+    gets prompts_per_step / G prompts of G rollouts each."""
     common = [
         f"model.name_or_path={model_dir}", f"data.train={Path(data_dir) / 'train.jsonl'}",
         f"data.val={Path(data_dir) / 'val.jsonl'}", f"seed={seed}", f"exposure.seed={seed}",
@@ -175,13 +176,13 @@ def method_config(method: Method, seed: int, budget: BenchBudget, run_dir: Path,
         "progress=false",
     ]
     path = (config_dir or _default_config_dir()) / method.config
-    cfg = load_config(path, [*method.overrides, *common])
+    cfg = load_config(path, [*overrides, *method.overrides, *common])
     if cfg.loss.objective == "grpo":
         group = min(cfg.rollout.num_generations, budget.prompts_per_step)
         if budget.prompts_per_step % group:
             raise ConfigError(f"bench: prompts_per_step={budget.prompts_per_step} is not a multiple of GRPO's "
                              f"{group} rollouts per prompt; the rollout budgets would differ")
-        cfg = load_config(path, [*method.overrides, *common, f"rollout.num_generations={group}",
+        cfg = load_config(path, [*overrides, *method.overrides, *common, f"rollout.num_generations={group}",
                                  f"prompts_per_step={budget.prompts_per_step // group}"])
     return cfg
 
@@ -228,13 +229,13 @@ def training_record(run_dir: Path, chosen_step: int) -> dict:
 
 
 def run_one(method: Method, seed: int, budget: BenchBudget, run_dir: Path, model_dir: str, data_dir: str,
-            config_dir: Path) -> dict:
+            config_dir: Path, overrides: Sequence[str] = ()) -> dict:
     """Train (or resume), choose `best/` by validation, evaluate it on the first `test_problems` test
     problems, write result.json."""
     from atesd.train import train
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = method_config(method, seed, budget, run_dir, model_dir, data_dir, config_dir)
+    cfg = method_config(method, seed, budget, run_dir, model_dir, data_dir, config_dir, overrides)
     sampling = _sampling(budget, seed)
     test = load_problems(str(Path(data_dir) / "test.jsonl"))[: budget.test_problems]
     started = time.perf_counter()
@@ -281,32 +282,42 @@ def machine_info() -> dict:
 
 
 def _check_plan(out: Path, plan: dict) -> None:
-    """A bench folder holds one budget: continuing it with another would mix incomparable runs."""
+    """A bench folder holds one budget and one set of overrides: continuing it with others would mix
+    incomparable runs."""
     path = out / PLAN_FILE
     if path.is_file():
         old = json.loads(path.read_text())
-        if {k: old.get(k) for k in ("budget", "model_dir", "data_dir")} != \
-                {k: plan[k] for k in ("budget", "model_dir", "data_dir")}:
-            raise ConfigError(f"{out} holds a bench with another budget or model ({path}); choose another --out")
+        old.setdefault("overrides", [])
+        if {k: old.get(k) for k in ("budget", "model_dir", "data_dir", "overrides")} != \
+                {k: plan[k] for k in ("budget", "model_dir", "data_dir", "overrides")}:
+            raise ConfigError(f"{out} holds a bench with another budget, model or overrides ({path}); "
+                              "choose another --out")
     write_json_atomic(path, plan)
 
 
 def run_bench(suite: str = "toy", seeds: int | None = None, quick: bool = False, out: str | os.PathLike | None = None,
               methods: Sequence[str] | None = None, model_dir: str | os.PathLike | None = None,
               data_dir: str | os.PathLike | None = None, config_dir: str | os.PathLike | None = None,
-              command: str | None = None) -> BenchOutcome:
+              command: str | None = None, overrides: Sequence[str] = (), steps: int | None = None) -> BenchOutcome:
     """Run (or continue) the bench and write its report; see the module docstring.
 
     seeds: how many seeds (0 … seeds − 1); default 3, or 1 with quick. methods: a subset of
     `METHODS` by name (default all). model_dir / data_dir: a prebuilt model and a folder with
     train.jsonl, val.jsonl, test.jsonl (default: the configs' toy world, or the quick world;
     data_dir defaults to `<model_dir>/data`, a toy world's layout). command: shown in the report.
+    overrides: `key=value` applied to every method's config before its own overrides (recorded in
+    the plan: a folder holds one bench). steps: training steps per run instead of the budget's,
+    validating every steps / 4 (the toy configs' own length: `steps=500`, 5.5 h for the full suite by the cost model).
     """
     from atesd.bench_report import write_report
 
     if suite != "toy":
         raise ConfigError(f"bench: unknown suite {suite!r}; the only suite is 'toy'")
     budget = QUICK_BUDGET if quick else FULL_BUDGET
+    if steps is not None:
+        if steps < 1:
+            raise ConfigError(f"bench: --steps must be >= 1, got {steps}")
+        budget = replace(budget, steps=steps, validation_every=max(1, steps // 4))
     seeds = seeds if seeds is not None else (1 if quick else 3)
     if seeds < 1:
         raise ConfigError(f"bench: --seeds must be >= 1, got {seeds}")
@@ -331,7 +342,7 @@ def run_bench(suite: str = "toy", seeds: int | None = None, quick: bool = False,
 
     out.mkdir(parents=True, exist_ok=True)
     plan = {"suite": suite, "budget": asdict(budget), "seeds": list(range(seeds)), "methods": chosen,
-            "model_dir": model_dir, "data_dir": data_dir}
+            "model_dir": model_dir, "data_dir": data_dir, "overrides": list(overrides)}
     _check_plan(out, plan)
     estimate = planned_seconds(budget, table, seeds)
     print(f"[bench] {len(table)} methods × {seeds} seeds; per run {budget.steps} steps × "
@@ -350,7 +361,7 @@ def run_bench(suite: str = "toy", seeds: int | None = None, quick: bool = False,
                 skipped.append((seed, method.name))
                 continue
             t0 = time.perf_counter()
-            result = run_one(method, seed, budget, run_dir, model_dir, data_dir, config_dir)
+            result = run_one(method, seed, budget, run_dir, model_dir, data_dir, config_dir, overrides)
             results.append(result)
             ran.append((seed, method.name))
             print(f"[bench] seed {seed} {method.name}: test Average@{budget.test_k} "

@@ -96,13 +96,15 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="toy world → base eval → training → eval, on 2 CPU cores")
     p.add_argument("--config", default=None, help="training config (default: the packaged toy config)")
     p.add_argument("--out", default="runs/demo")
+    p.add_argument("--n-problems", type=int, default=None, help="first N test problems (default: all, 500)")
+    p.add_argument("--k", type=int, default=4, help="samples per problem (Average@k)")
     p.add_argument("overrides", nargs="*")
 
 
 def _run_demo(args) -> None:
     from atesd.demo import run_demo
 
-    run_demo(config=args.config, out=args.out, overrides=args.overrides)
+    run_demo(config=args.config, out=args.out, overrides=args.overrides, n_problems=args.n_problems, k=args.k)
 
 
 def _add_report(sub) -> None:
@@ -169,13 +171,17 @@ def _add_bench(sub) -> None:
     p.add_argument("--quick", action="store_true", help="tiny budgets for a CI smoke (~2 min on 2 cores)")
     p.add_argument("--out", default=None, help="default runs/bench-toy (runs/bench-toy-quick with --quick)")
     p.add_argument("--methods", nargs="+", default=None, help="a subset of atesd.bench.METHODS")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps per run (default 48; validation every steps/4)")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="config overrides applied to every method, e.g. --set optim.lr=1e-4 loss.divergence=forward_kl")
 
 
 def _run_bench(args) -> None:
     from atesd.bench import run_bench
 
     outcome = run_bench(suite=args.suite, seeds=args.seeds, quick=args.quick, out=args.out,
-                        methods=args.methods, command="atesd " + " ".join(sys.argv[1:]))
+                        methods=args.methods, overrides=args.overrides, steps=args.steps, command="atesd " + " ".join(sys.argv[1:]))
     for path in outcome.files:
         print(f"wrote {path}")
 

@@ -42,8 +42,17 @@ def _trajectory(run_dir: Path) -> list[tuple[int, float]]:
     return [(r["decision_step"], r["used_ratio"]) for r in records if r.get("event") == "decision"]
 
 
+def summarise_ratios(trajectory: list[tuple[int, float]], block: int = 100) -> str:
+    """The reveal ratios a run used, as the mean per block of `block` training steps."""
+    groups: dict[int, list[float]] = {}
+    for step, ratio in trajectory:
+        groups.setdefault(step // block, []).append(ratio)
+    return ", ".join(f"steps {b * block}-{(b + 1) * block - 1}: {sum(r) / len(r):.2f} ({len(r)} decisions)"
+                     for b, r in sorted(groups.items()))
+
+
 def run_demo(config: str | None = None, out: str = "runs/demo", overrides: list[str] | None = None,
-             n_problems: int = 200, k: int = 4) -> dict:
+             n_problems: int | None = None, k: int = 4) -> dict:
     config = config or DEFAULT_CONFIG
     if not Path(config).is_file():
         raise FileNotFoundError(f"{config}: demo config not found (run from the repository root or pass --config)")
@@ -51,7 +60,7 @@ def run_demo(config: str | None = None, out: str = "runs/demo", overrides: list[
     print("[demo] building (or reusing) the toy world ...")
     cfg = resolve_toy_paths(cfg)
     world = Path(cfg.model.name_or_path)
-    test = load_problems(str(world / "data" / "test.jsonl"))[:n_problems]
+    test = load_problems(str(world / "data" / "test.jsonl"))[:n_problems]  # None: all of them
 
     before = _evaluate_dir(world, test, k, cfg, "the warm-started base")
     print(f"[demo] training {cfg.steps} steps ({cfg.exposure.policy} exposure) into {out}")
@@ -70,8 +79,8 @@ def run_demo(config: str | None = None, out: str = "runs/demo", overrides: list[
 
     trajectory = _trajectory(result.output_dir)
     if trajectory:
-        shown = ", ".join(f"{step}:{ratio:.2f}" for step, ratio in trajectory)
-        print(f"reveal ratio by decision (step:ratio): {shown}")
+        print(f"reveal ratio ({cfg.exposure.policy}), mean per 100 steps: {summarise_ratios(trajectory)}; "
+              f"every decision in {result.output_dir / 'exposure.jsonl'}")
     from atesd.report import make_report
 
     plots = make_report(result.output_dir)
