@@ -83,8 +83,9 @@ def _test_eval(world: Path, cfg, n: int, k: int):
     base_file = world / f"base_eval_{n}_{k}.json"
     if not base_file.is_file():
         report = run_eval(AutoModelForCausalLM.from_pretrained(world))
+        per_difficulty = {level: r.average_at_k for level, r in report.per_difficulty.items()}
         base_file.write_text(json.dumps({"accuracy": report.average_at_k, "per_problem": report.per_problem_accuracy,
-                                         "per_difficulty": {k: v.average_at_k for k, v in report.per_difficulty.items()}}))
+                                         "per_difficulty": per_difficulty}))
     return run_eval, json.loads(base_file.read_text())
 
 

@@ -15,7 +15,8 @@ def test_summarise_ratios_gives_the_mean_ratio_per_block_of_steps():
                                             "steps 200-299: 0.10 (1 decisions)")
 
 
-def test_demo_evaluates_before_and_after_on_the_same_problems_and_records_the_learned_ratios(tmp_path, capsys, monkeypatch):
+def test_demo_evaluates_before_and_after_on_the_same_problems_and_records_the_learned_ratios(tmp_path, capsys,
+                                                                                              monkeypatch):
     monkeypatch.setenv("ATESD_CACHE", str(tmp_path / "cache"))  # the quick world, built here
     world = quick_world()
     overrides = [f"model.name_or_path={world}", f"data.train={world / 'data' / 'train.jsonl'}",

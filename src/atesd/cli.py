@@ -181,7 +181,8 @@ def _run_bench(args) -> None:
     from atesd.bench import run_bench
 
     outcome = run_bench(suite=args.suite, seeds=args.seeds, quick=args.quick, out=args.out,
-                        methods=args.methods, overrides=args.overrides, steps=args.steps, command="atesd " + " ".join(sys.argv[1:]))
+                        methods=args.methods, overrides=args.overrides, steps=args.steps,
+                        command="atesd " + " ".join(sys.argv[1:]))
     for path in outcome.files:
         print(f"wrote {path}")
 
