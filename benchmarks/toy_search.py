@@ -148,7 +148,8 @@ def checkpoints(args) -> None:
     for step_dir in sorted((run / "checkpoints").glob("step-*")):
         model = AutoModelForCausalLM.from_pretrained(world)
         loaded = model.load_state_dict(load_file(step_dir / "model.safetensors"), strict=False)
-        if loaded.unexpected_keys or set(loaded.missing_keys) - {"lm_head.weight"}:  # lm_head may be tied
+        tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()  # saved once, as the embedding
+        if loaded.unexpected_keys or set(loaded.missing_keys) - tied:
             raise SystemExit(f"{step_dir}: weights do not match the world's model ({loaded})")
         report = run_eval(model)
         change, se = paired_difference(base["per_problem"], report.per_problem_accuracy)
