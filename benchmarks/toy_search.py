@@ -144,11 +144,11 @@ def checkpoints(args) -> None:
     cfg = load_config(run / "config.yaml")
     world = Path(cfg.model.name_or_path)
     run_eval, base = _test_eval(world, cfg, args.n, args.k)
+    model = AutoModelForCausalLM.from_pretrained(world)  # each checkpoint's weights are loaded into it
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()  # saved once, as the embedding
     curve = []
     for step_dir in sorted((run / "checkpoints").glob("step-*")):
-        model = AutoModelForCausalLM.from_pretrained(world)
         loaded = model.load_state_dict(load_file(step_dir / "model.safetensors"), strict=False)
-        tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()  # saved once, as the embedding
         if loaded.unexpected_keys or set(loaded.missing_keys) - tied:
             raise SystemExit(f"{step_dir}: weights do not match the world's model ({loaded})")
         report = run_eval(model)
@@ -174,7 +174,7 @@ def compare(args) -> None:
             runs[record["name"]] = record["per_problem"]
     for name in (args.a, args.b):
         if "@" in name:
-            run, step = name.rsplit("@", 1)
+            run = name.rsplit("@", 1)[0]
             evals = Path(args.runs) / run / "checkpoint_evals.json"
             if evals.is_file():
                 runs.update({f"{run}@{p['step']}": p["per_problem"]

@@ -60,11 +60,11 @@ def test_every_method_config_loads_with_the_same_rollout_budget(tmp_path, tiny_m
 
 
 def test_bench_overrides_reach_every_method_but_the_method_own_override_wins(tmp_path, tiny_model_dir, data_dir):
-    shared = ("optim.lr=3e-05", "exposure.reveal_ratio=0.5")
+    shared = ("optim.lr=7e-05", "exposure.reveal_ratio=0.5")  # neither is a toy config's default
     for method in METHODS:
         cfg = method_config(method, 0, FULL_BUDGET, tmp_path / method.name, str(tiny_model_dir), str(data_dir),
                             overrides=shared)
-        assert cfg.optim.lr == 3e-05
+        assert cfg.optim.lr == 7e-05
         if method.name == "fixed-0.25":
             assert cfg.exposure.reveal_ratio == 0.25
         elif method.name == "opsd":

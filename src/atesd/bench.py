@@ -287,9 +287,8 @@ def _check_plan(out: Path, plan: dict) -> None:
     path = out / PLAN_FILE
     if path.is_file():
         old = json.loads(path.read_text())
-        old.setdefault("overrides", [])
-        if {k: old.get(k) for k in ("budget", "model_dir", "data_dir", "overrides")} != \
-                {k: plan[k] for k in ("budget", "model_dir", "data_dir", "overrides")}:
+        keys = ("budget", "model_dir", "data_dir", "overrides")
+        if {k: old.get(k, [] if k == "overrides" else None) for k in keys} != {k: plan[k] for k in keys}:
             raise ConfigError(f"{out} holds a bench with another budget, model or overrides ({path}); "
                               "choose another --out")
     write_json_atomic(path, plan)
