@@ -189,7 +189,7 @@ def step_token_counts(cfg, metrics: list[dict]) -> list[dict]:
     """Per step: student prompt, teacher prompt and completion tokens, recomputed from the run
     (the same problems as train's PromptSampler, the logged α_t, the logged completion tokens)."""
     from atesd.data import load_problems
-    from atesd.policy import load_tokenizer
+    from atesd.models import load_tokenizer
     from atesd.prompts import student_prompt, teacher_prompt
     from atesd.reveal import reveal
     from atesd.train import PromptSampler

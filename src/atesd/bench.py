@@ -5,9 +5,10 @@ For each seed and each method of `METHODS` (name → config file + overrides) th
 1. trains into `<out>/<seed>/<method>/` with `seed=<seed>`, validating on the val split a few
    times (`validation.every`) and keeping the best model by validation Average@k in `best/`
    ("base" does not train: it is the warm-started model, validated once the same way),
-2. evaluates `best/` on the first `test_problems` test problems, Average@k with k = `test_k`,
-   sampling seed = the training seed, so every method of a seed is scored on the same problems
-   with the same sampling seeds (paired comparisons),
+2. evaluates `best/` under the budget's test protocol (`atesd.experiments.protocol.TOY_PROTOCOL`
+   for the full bench: Average@8 on the 500 test problems, sampling seed 1234), so every run of
+   every method and seed is scored on the same problems with the same sampling seeds (paired
+   comparisons),
 3. records the rollout tokens spent (the sum of `rollout/tokens` in metrics.jsonl up to the chosen
    step, and in total) and the validation curve against cumulative rollout tokens,
 4. writes `result.json` atomically. A killed bench continues: runs with a result.json are skipped,
@@ -21,19 +22,17 @@ prompts_per_step / G distinct prompts per step (G = min(the config's G, prompts_
 SFT samples nothing: its "rollout tokens" are the tokens of the reference completions it trains
 on, as the training loop logs them.
 
-Time plan (printed at start): the full suite has to fit in 90 minutes on 2 CPU cores. No toy-1m
-world was built when the step counts were chosen, so the cost model is an estimate, not a
-measurement: ~1 s per optimizer step of 32 rollouts × 128 tokens (`SECONDS_PER_ROLLOUT`, linear in
-rollouts; learned exposure adds its probe forwards, ~20 %), and ~0.6 s per 32 sampled evaluation
-completions (`SECONDS_PER_EVAL_SAMPLE`), plus ~5 s per run for loading and saving models. 12 methods
-× 3 seeds at 48 steps × 32 prompts, 4 validations of 64 problems × 4 samples and a test of 200
-problems × 8 samples ≈ 61 minutes (chosen to leave room under 90 on a busy machine). A resumed run's `train_seconds` counts its last stretch only.
+Time plan (printed at start): a cost model fitted to runs of this bench on a 2-core CPU
+(`SECONDS_PER_ROLLOUT` per (prompt, rollout) pair of training, `SECONDS_PER_EVAL_SAMPLE` per
+sampled evaluation completion, `RUN_OVERHEAD_S` per run; learned exposure pays
+`LEARNED_OVERHEAD` for its probe forwards). A resumed run's `train_seconds` counts its last
+stretch only.
 
 Departures (ours, not the papers'):
-  1. Toy scale: 48 steps, validation on 64 problems with k = 4, test on 200 problems with k = 8.
+  1. Toy scale: the toy configs' 500 steps of 32 prompts, validation on the 200 validation problems
+     with k = 4 every 125 steps, the test protocol of `atesd.experiments.protocol`.
   2. `--quick` builds its own tiny world (preset toy-test, 400 training problems, 50 warm-start
-     steps, cached): `toy:toy-test` warm-starts for 1200 steps, which takes over 6 minutes on 2
-     shared cores, too slow for a CI smoke.
+     steps, cached): a CI smoke of every method in about a minute.
 """
 
 from __future__ import annotations
@@ -48,8 +47,7 @@ from pathlib import Path
 from typing import Sequence
 
 from atesd.config import ConfigError, TrainConfig, load_config
-from atesd.data import load_problems
-from atesd.rollout.base import SamplingParams
+from atesd.experiments.protocol import TOY_PROTOCOL, EvalProtocol, evaluate_under
 
 RESULT_FILE = "result.json"
 PLAN_FILE = "bench_plan.json"
@@ -75,11 +73,12 @@ METHODS: tuple[Method, ...] = (
     Method("sft", "toy-sft.yaml"),
     Method("grpo", "toy-grpo.yaml"),
     Method("opsd", "toy-opsd.yaml"),  # fixed reveal ratio 1: the full reference
+    Method("fixed-0", "toy-opsd.yaml", ("exposure.reveal_ratio=0",)),  # the final answer only
     Method("fixed-0.25", "toy-opsd.yaml", ("exposure.reveal_ratio=0.25",)),
     Method("fixed-0.5", "toy-opsd.yaml", ("exposure.reveal_ratio=0.5",)),
     Method("fixed-0.75", "toy-opsd.yaml", ("exposure.reveal_ratio=0.75",)),
-    Method("random", "toy-atesd.yaml", ("exposure.policy=random",)),
-    Method("schedule", "toy-atesd.yaml", ("exposure.policy=schedule",)),
+    Method("random", "toy-opsd.yaml", ("exposure.policy=random", "exposure.hold_steps=4")),  # U[0.05, 1]
+    Method("schedule", "toy-opsd.yaml", ("exposure.policy=schedule",)),  # 0.25 → 1, linear
     Method("atesd", "toy-atesd.yaml"),
     Method("atesd-one-step", "toy-atesd.yaml", ("exposure.reward=one_step",)),
     Method("atesd-no-gt", "toy-atesd.yaml", ("exposure.grounding_weight=0",)),
@@ -96,19 +95,20 @@ class BenchBudget:
     validation_every: int
     val_problems: int
     val_k: int
-    test_problems: int
-    test_k: int
+    test: EvalProtocol
     max_new_tokens: int
+    keep_checkpoints: int = 2
 
     @property
     def rollouts_per_run(self) -> int:
         return self.steps * self.prompts_per_step
 
 
-FULL_BUDGET = BenchBudget(steps=48, prompts_per_step=32, validation_every=12, val_problems=64, val_k=4,
-                          test_problems=200, test_k=8, max_new_tokens=128)
+FULL_BUDGET = BenchBudget(steps=500, prompts_per_step=32, validation_every=125, val_problems=200, val_k=4,
+                          test=TOY_PROTOCOL, max_new_tokens=128, keep_checkpoints=4)
 QUICK_BUDGET = BenchBudget(steps=2, prompts_per_step=2, validation_every=1, val_problems=2, val_k=2,
-                           test_problems=8, test_k=2, max_new_tokens=32)
+                           test=EvalProtocol(name="quick", n_problems=8, k=2, max_new_tokens=32, batch_size=16),
+                           max_new_tokens=32)
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def planned_seconds(budget: BenchBudget, methods: Sequence[Method], n_seeds: int
     total = 0.0
     validations = -(-budget.steps // budget.validation_every)
     for method in methods:
-        evaluation = budget.test_problems * budget.test_k
+        evaluation = (budget.test.n_problems or 500) * budget.test.k
         if method.trains:  # the exposure-controller configs pay for probe forwards (an upper bound)
             overhead = LEARNED_OVERHEAD if method.config == "toy-atesd.yaml" else 1.0
             total += budget.rollouts_per_run * SECONDS_PER_ROLLOUT * overhead
@@ -173,6 +173,7 @@ def method_config(method: Method, seed: int, budget: BenchBudget, run_dir: Path,
         f"rollout.max_new_tokens={budget.max_new_tokens}", f"validation.every={budget.validation_every}",
         f"validation.k={budget.val_k}", f"validation.max_problems={budget.val_problems}",
         "validation.temperature=1.0", f"save_every={budget.validation_every}", f"output_dir={run_dir}",
+        f"keep_checkpoints={budget.keep_checkpoints}",
         "progress=false",
     ]
     path = (config_dir or _default_config_dir()) / method.config
@@ -187,20 +188,10 @@ def method_config(method: Method, seed: int, budget: BenchBudget, run_dir: Path,
     return cfg
 
 
-def _sampling(budget: BenchBudget, seed: int) -> SamplingParams:
-    """Validation and test sampling: temperature 1, no truncation of the distribution (as training)."""
-    return SamplingParams(max_new_tokens=budget.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, seed=seed)
-
-
-def _evaluate_dir(model_dir: Path, problems, k: int, sampling: SamplingParams, cfg: TrainConfig):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from atesd.evaluate import evaluate
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return evaluate(model, tokenizer, problems, k=k, sampling=sampling, prompt_cfg=cfg.prompts, progress=False,
-                    score_workers=0, meta={"model": str(model_dir)})
+def _validation_protocol(budget: BenchBudget, seed: int) -> EvalProtocol:
+    """The base row's validation: what the training loop's validator does for trained runs."""
+    return EvalProtocol(name="validation", split="val", n_problems=budget.val_problems, k=budget.val_k, seed=seed,
+                        max_new_tokens=budget.max_new_tokens, batch_size=64)
 
 
 def _metrics_by_step(run_dir: Path) -> list[dict]:
@@ -230,14 +221,13 @@ def training_record(run_dir: Path, chosen_step: int) -> dict:
 
 def run_one(method: Method, seed: int, budget: BenchBudget, run_dir: Path, model_dir: str, data_dir: str,
             config_dir: Path, overrides: Sequence[str] = ()) -> dict:
-    """Train (or resume), choose `best/` by validation, evaluate it on the first `test_problems` test
-    problems, write result.json."""
+    """Train (or resume), choose `best/` by validation, evaluate it under the budget's test protocol,
+    write result.json."""
     from atesd.train import train
 
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = method_config(method, seed, budget, run_dir, model_dir, data_dir, config_dir, overrides)
-    sampling = _sampling(budget, seed)
-    test = load_problems(str(Path(data_dir) / "test.jsonl"))[: budget.test_problems]
+    test = budget.test.problems(data_dir)
     started = time.perf_counter()
     if method.trains:
         train(cfg, resume=True)  # from the latest checkpoint, or from step 0 when there is none
@@ -247,12 +237,12 @@ def run_one(method: Method, seed: int, budget: BenchBudget, run_dir: Path, model
         record = training_record(run_dir, chosen_step)
     else:  # the warm-started model, validated once like the trained runs (a line in bench_tokens.png)
         chosen_dir, chosen_step = Path(model_dir), 0
-        val = load_problems(cfg.data.val)[: budget.val_problems]
-        val_best = _evaluate_dir(chosen_dir, val, budget.val_k, sampling, cfg).average_at_k
+        validation = _validation_protocol(budget, seed)
+        val_best = evaluate_under(validation, chosen_dir, validation.problems(data_dir), cfg.prompts).average_at_k
         record = {"rollout_tokens_to_chosen": 0, "rollout_tokens_total": 0,
                   "val_curve": [{"step": 0, "tokens": 0, "val_accuracy": val_best}], "reveal_ratios": []}
     train_seconds = time.perf_counter() - started
-    report = _evaluate_dir(chosen_dir, test, budget.test_k, sampling, cfg)
+    report = evaluate_under(budget.test, chosen_dir, test, cfg.prompts)
     result = {
         "method": method.name, "seed": seed, "config": method.config, "overrides": list(method.overrides),
         "objective": cfg.loss.objective, "exposure_policy": cfg.exposure.policy,
@@ -347,8 +337,7 @@ def run_bench(suite: str = "toy", seeds: int | None = None, quick: bool = False,
     print(f"[bench] {len(table)} methods × {seeds} seeds; per run {budget.steps} steps × "
           f"{budget.prompts_per_step} rollouts = {budget.rollouts_per_run} (prompt, rollout) pairs "
           f"(GRPO: prompts_per_step / G prompts × G rollouts); validation every {budget.validation_every} steps "
-          f"on {budget.val_problems} problems × {budget.val_k}; test Average@{budget.test_k} on "
-          f"{budget.test_problems} problems; estimated {estimate / 60:.1f} min on 2 CPU cores "
+          f"on {budget.val_problems} problems × {budget.val_k}; test: {budget.test.describe()}; estimated {estimate / 60:.1f} min on 2 CPU cores "
           "(a cost model, see atesd.bench)")
 
     results, ran, skipped = [], [], []
@@ -363,7 +352,7 @@ def run_bench(suite: str = "toy", seeds: int | None = None, quick: bool = False,
             result = run_one(method, seed, budget, run_dir, model_dir, data_dir, config_dir, overrides)
             results.append(result)
             ran.append((seed, method.name))
-            print(f"[bench] seed {seed} {method.name}: test Average@{budget.test_k} "
+            print(f"[bench] seed {seed} {method.name}: test Average@{budget.test.k} "
                   f"{100 * result['test']['average_at_k']:.1f}% (chosen step {result['chosen_step']}, "
                   f"{time.perf_counter() - t0:.0f} s)")
     date = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -106,7 +106,7 @@ def _pct(value: float) -> str:
 def markdown(groups: dict[str, list[dict]], meta: dict, plots: Sequence[str] = PLOTS) -> str:
     """The BENCHMARKS-toy.md section; `plots`: PNG file names to show at its end."""
     budget, machine = meta["budget"], meta["machine"]
-    k = budget["test_k"]
+    k = budget["test"]["k"]
     lines = [
         "## Toy suite", "",
         f"Command: `{meta['command']}`  ",
@@ -120,8 +120,10 @@ def markdown(groups: dict[str, list[dict]], meta: dict, plots: Sequence[str] = P
         f"token counts are the reference tokens it trains on. The checkpoint is chosen by validation "
         f"Average@{budget['val_k']} on {budget['val_problems']} validation problems (every "
         f"{budget['validation_every']} steps and after the last), never on the test split. Test: "
-        f"Average@{k} on {budget['test_problems']} test problems, sampling seed = training seed "
-        f"(paired across methods), temperature 1, at most {budget['max_new_tokens']} new tokens.", "",
+        f"Average@{k} on {budget['test']['n_problems']} {budget['test']['split']} problems, sampling seed "
+        f"{budget['test']['seed']} for every run (paired across methods and seeds), temperature "
+        f"{budget['test']['temperature']:g}, at most {budget['test']['max_new_tokens']} new tokens "
+        f"(protocol {budget['test']['name']}).", "",
         f"### Test Average@{k} (mean ± std over seeds)", "",
         f"| method | test Average@{k} (%) | chosen step | rollout tokens to chosen step | rollout tokens in total |",
         "| --- | --- | --- | --- | --- |",
@@ -256,8 +258,8 @@ def write_report(out: Path, results: Sequence[dict], meta: dict) -> list[Path]:
     """bench.json, BENCHMARKS-toy.md and the PNGs into `out`; returns the paths written."""
     groups = by_method(results, meta["methods"])
     budget = meta["budget"]
-    plots = [plot_accuracy(groups, budget["test_k"], out / PLOTS[0]),
-             plot_per_difficulty(groups, budget["test_k"], out / PLOTS[1]),
+    plots = [plot_accuracy(groups, budget["test"]["k"], out / PLOTS[0]),
+             plot_per_difficulty(groups, budget["test"]["k"], out / PLOTS[1]),
              plot_tokens(groups, budget["val_k"], out / PLOTS[2]),
              plot_ratios(groups, out / PLOTS[3])]
     plots = [p for p in plots if p is not None]

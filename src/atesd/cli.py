@@ -68,12 +68,15 @@ def _add_toy(sub) -> None:
     b.add_argument("--data", default=None, help="warm-start on this problem file instead of the toy task")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--no-report", action="store_true", help="skip the evaluation tables")
+    b.add_argument("--rebuild", action="store_true",
+                   help="build even when the world is cached or ships with the package (into the cache)")
 
 
 def _run_toy(args) -> None:
     from atesd.toy.build import run_toy_build
 
-    run_toy_build(preset=args.preset, out=args.out, data=args.data, seed=args.seed, report=not args.no_report)
+    run_toy_build(preset=args.preset, out=args.out, data=args.data, seed=args.seed, report=not args.no_report,
+                  rebuild=args.rebuild)
 
 
 def _add_train(sub) -> None:
@@ -172,7 +175,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--out", default=None, help="default runs/bench-toy (runs/bench-toy-quick with --quick)")
     p.add_argument("--methods", nargs="+", default=None, help="a subset of atesd.bench.METHODS")
     p.add_argument("--steps", type=int, default=None,
-                   help="training steps per run (default 48; validation every steps/4)")
+                   help="training steps per run (default 500, the toy configs' own; validation every steps/4)")
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config overrides applied to every method, e.g. --set optim.lr=1e-4 loss.divergence=forward_kl")
 

@@ -74,6 +74,7 @@ class RolloutConfig:
     top_k: int = 20
     num_generations: int = 1  # rollouts per prompt (GRPO's G; 1 for OPSD/ATESD)
     batch_size: int = 64  # prompts per generation call (HF backend)
+    hf_decoder: str = "lean"  # HF backend: lean (atesd.rollout.lean, plain Qwen3 models) | generate
     vllm_gpu_memory_utilization: float = 0.3  # vLLM backend: GPU memory fraction for its KV cache
     vllm_enforce_eager: bool = False  # vLLM backend: skip CUDA graphs (slower, less memory)
     vllm_sleep_mode: bool = False  # vLLM backend: free its memory between rollout phases (GPU only)
@@ -237,6 +238,7 @@ def validate(cfg: TrainConfig) -> None:
     _choice(cfg.model.dtype, ("float32", "bfloat16", "float16"), "model.dtype")
     _choice(cfg.data.on_bad_row, ("error", "skip"), "data.on_bad_row")
     _choice(cfg.rollout.backend, ("hf", "vllm"), "rollout.backend")
+    _choice(cfg.rollout.hf_decoder, ("lean", "generate"), "rollout.hf_decoder")
     _choice(cfg.loss.objective, ("distill", "sft", "grpo"), "loss.objective")
     _choice(cfg.loss.divergence, ("forward_kl", "reverse_kl", "jsd", "sampled_token"), "loss.divergence")
     _choice(cfg.teacher.kind, ("frozen", "live", "ema"), "teacher.kind")

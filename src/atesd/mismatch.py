@@ -359,21 +359,18 @@ def measure_mismatch(model, tokenizer, problems: Sequence, cfg: MismatchConfig =
 
 
 def load_frozen(model_dir: str | os.PathLike, dtype: str = "float32", device: str | None = None):
-    """(model, tokenizer, device): a frozen model (atesd.policy) on `device` (default: cuda if present)."""
-    from atesd.config import ModelConfig
-    from atesd.policy import DTYPES, load_model, load_tokenizer
+    """(model, tokenizer, device): a frozen model (atesd.models) on `device` (default: cuda if present)."""
+    from atesd.models import load_pretrained
 
-    if dtype not in DTYPES:
-        raise ValueError(f"mismatch: unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    model_cfg = ModelConfig(name_or_path=str(model_dir), dtype=dtype)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load_model(model_cfg, trainable=False).to(device), load_tokenizer(model_cfg), device
+    model, tokenizer = load_pretrained(model_dir, dtype, device)
+    return model, tokenizer, device
 
 
 def run_mismatch(model_dir: str | os.PathLike, data: str, ratios: Sequence[float] = DEFAULT_RATIOS,
                  out_dir: str | os.PathLike = "mismatch", split: str | None = None, thinking: bool = False,
                  dtype: str = "float32", device: str | None = None, **options) -> MismatchReport:
-    """Load a model (atesd.policy, frozen) and problems (atesd.data.load_problems), run the sweep and
+    """Load a model (atesd.models, frozen) and problems (atesd.data.load_problems), run the sweep and
     write mismatch.json, mismatch.md and the PNGs into out_dir. options: MismatchConfig's other
     fields (n_problems, max_new_tokens, seed, ...). thinking: the student's enable_thinking."""
     from atesd.data import load_problems

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from atesd.policy import is_lora, output_head
+from atesd.models import is_lora, output_head
 
 
 @dataclass(frozen=True)

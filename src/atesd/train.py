@@ -36,7 +36,7 @@ from atesd.data import load_problems
 from atesd.exposure import make_exposure_policy
 from atesd.objectives import StepViews, make_objective
 from atesd.optim import make_optimizer, make_scheduler
-from atesd.policy import is_lora, load_model, load_tokenizer, output_head
+from atesd.models import is_lora, load_model, load_tokenizer, output_head
 from atesd.prompts import reference_completion, student_prompt, teacher_prompt
 from atesd.reveal import reveal
 from atesd.rollout import make_rollout_engine
@@ -84,7 +84,7 @@ def _engine_options(cfg: TrainConfig) -> dict:
         r = cfg.rollout
         return {"gpu_memory_utilization": r.vllm_gpu_memory_utilization, "enforce_eager": r.vllm_enforce_eager,
                 "enable_sleep_mode": r.vllm_sleep_mode, "seed": cfg.seed, "dtype": cfg.model.dtype}
-    return {"batch_size": cfg.rollout.batch_size}
+    return {"batch_size": cfg.rollout.batch_size, "decoder": cfg.rollout.hf_decoder}
 
 
 def _decide_ratio(exposure, step: int, accelerator: Accelerator) -> float:

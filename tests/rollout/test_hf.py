@@ -1,4 +1,5 @@
-"""HFRolloutEngine on the tiny random-weight Qwen3: padding, seeding, log-probs, stopping."""
+"""HFRolloutEngine on the tiny random-weight Qwen3: padding, seeding, log-probs, stopping — with
+both decoders (the lean decoder of atesd.rollout.lean and transformers' generate)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ from atesd.rollout.hf import HFRolloutEngine
 
 GREEDY = SamplingParams(max_new_tokens=12, temperature=0.0)
 SAMPLED = SamplingParams(max_new_tokens=12, temperature=0.8, top_p=0.9, top_k=20, seed=7)
+
+
+@pytest.fixture(params=["lean", "generate"])
+def decoder(request) -> str:
+    return request.param
 
 
 @pytest.fixture
@@ -65,9 +71,9 @@ def _with_logit_bias(model, token_ids, bias: float):
     return biased
 
 
-def test_left_padded_batched_greedy_equals_each_prompt_alone(sharp_model, tiny_tokenizer, prompts):
-    batched = HFRolloutEngine(sharp_model, tiny_tokenizer, batch_size=3).generate(prompts, GREEDY)
-    alone = HFRolloutEngine(sharp_model, tiny_tokenizer, batch_size=1)
+def test_left_padded_batched_greedy_equals_each_prompt_alone(sharp_model, tiny_tokenizer, prompts, decoder):
+    batched = HFRolloutEngine(sharp_model, tiny_tokenizer, batch_size=3, decoder=decoder).generate(prompts, GREEDY)
+    alone = HFRolloutEngine(sharp_model, tiny_tokenizer, batch_size=1, decoder=decoder)
     for prompt, rollout in zip(prompts, batched):
         single = alone.generate([prompt], GREEDY)[0]
         assert rollout.prompt_ids == tuple(prompt)
@@ -76,8 +82,8 @@ def test_left_padded_batched_greedy_equals_each_prompt_alone(sharp_model, tiny_t
     assert len({r.completion_ids for r in batched}) > 1  # outputs depend on the prompt
 
 
-def test_same_seed_same_samples_and_global_rng_untouched(sharp_model, tiny_tokenizer, prompts):
-    engine = HFRolloutEngine(sharp_model, tiny_tokenizer, batch_size=4)
+def test_same_seed_same_samples_and_global_rng_untouched(sharp_model, tiny_tokenizer, prompts, decoder):
+    engine = HFRolloutEngine(sharp_model, tiny_tokenizer, batch_size=4, decoder=decoder)
     rng_before = torch.get_rng_state()
     first = engine.generate(prompts * 2, SAMPLED)
     assert torch.equal(torch.get_rng_state(), rng_before)
@@ -87,25 +93,25 @@ def test_same_seed_same_samples_and_global_rng_untouched(sharp_model, tiny_token
     assert [r.completion_ids for r in first] != [r.completion_ids for r in other_seed]
 
 
-def test_logprobs_equal_teacher_forced_temperature_scaled_log_softmax(sharp_model, tiny_tokenizer, prompts):
-    rollouts = HFRolloutEngine(sharp_model, tiny_tokenizer, batch_size=5).generate(prompts, SAMPLED)
+def test_logprobs_equal_teacher_forced_temperature_scaled_log_softmax(sharp_model, tiny_tokenizer, prompts, decoder):
+    rollouts = HFRolloutEngine(sharp_model, tiny_tokenizer, batch_size=5, decoder=decoder).generate(prompts, SAMPLED)
     for rollout in rollouts:
         assert len(rollout.logprobs) == len(rollout.completion_ids)
         expected = _teacher_forced_logprobs(sharp_model, rollout.prompt_ids, rollout.completion_ids, SAMPLED.temperature)
         assert torch.allclose(torch.tensor(rollout.logprobs), expected, atol=1e-4)
 
 
-def test_greedy_logprobs_are_unscaled_log_softmax(sharp_model, tiny_tokenizer, prompts):
-    rollout = HFRolloutEngine(sharp_model, tiny_tokenizer).generate(prompts[:1], GREEDY)[0]
+def test_greedy_logprobs_are_unscaled_log_softmax(sharp_model, tiny_tokenizer, prompts, decoder):
+    rollout = HFRolloutEngine(sharp_model, tiny_tokenizer, decoder=decoder).generate(prompts[:1], GREEDY)[0]
     expected = _teacher_forced_logprobs(sharp_model, rollout.prompt_ids, rollout.completion_ids, 1.0)
     assert torch.allclose(torch.tensor(rollout.logprobs), expected, atol=1e-4)
 
 
-def test_completion_stops_at_eos_with_nothing_after_it(tiny_model, tiny_tokenizer, prompts):
+def test_completion_stops_at_eos_with_nothing_after_it(tiny_model, tiny_tokenizer, prompts, decoder):
     eos = tiny_tokenizer.eos_token_id
     model = _with_logit_bias(tiny_model, [eos], bias=4.0)
     params = SamplingParams(max_new_tokens=16, temperature=1.0, seed=0)
-    rollouts = HFRolloutEngine(model, tiny_tokenizer, batch_size=8).generate(prompts * 3, params)
+    rollouts = HFRolloutEngine(model, tiny_tokenizer, batch_size=8, decoder=decoder).generate(prompts * 3, params)
     stopped = [r for r in rollouts if not r.truncated]
     assert stopped, "the EOS bias should make some samples stop early"
     stop_ids = {eos, tiny_tokenizer.pad_token_id}
@@ -120,25 +126,25 @@ def test_completion_stops_at_eos_with_nothing_after_it(tiny_model, tiny_tokenize
         assert len(rollout.logprobs) == len(rollout.completion_ids)
 
 
-def test_truncated_when_max_new_tokens_reached(tiny_model, tiny_tokenizer, prompts):
+def test_truncated_when_max_new_tokens_reached(tiny_model, tiny_tokenizer, prompts, decoder):
     stop_ids = [tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id]
     model = _with_logit_bias(tiny_model, stop_ids, bias=-100.0)
-    rollouts = HFRolloutEngine(model, tiny_tokenizer).generate(prompts, SamplingParams(max_new_tokens=3, seed=1))
+    rollouts = HFRolloutEngine(model, tiny_tokenizer, decoder=decoder).generate(prompts, SamplingParams(max_new_tokens=3, seed=1))
     assert all(r.truncated and len(r.completion_ids) == 3 for r in rollouts)
 
 
-def test_batches_larger_than_batch_size_keep_order(sharp_model, tiny_tokenizer, prompts):
-    whole = HFRolloutEngine(sharp_model, tiny_tokenizer, batch_size=64).generate(prompts, GREEDY)
-    split = HFRolloutEngine(sharp_model, tiny_tokenizer, batch_size=2).generate(prompts, GREEDY)
+def test_batches_larger_than_batch_size_keep_order(sharp_model, tiny_tokenizer, prompts, decoder):
+    whole = HFRolloutEngine(sharp_model, tiny_tokenizer, batch_size=64, decoder=decoder).generate(prompts, GREEDY)
+    split = HFRolloutEngine(sharp_model, tiny_tokenizer, batch_size=2, decoder=decoder).generate(prompts, GREEDY)
     assert [r.prompt_ids for r in split] == [tuple(p) for p in prompts]
     assert [r.completion_ids for r in split] == [r.completion_ids for r in whole]
 
 
-def test_generation_restores_each_modules_train_flag(tiny_model, tiny_tokenizer, prompts):
+def test_generation_restores_each_modules_train_flag(tiny_model, tiny_tokenizer, prompts, decoder):
     tiny_model.train()
     tiny_model.model.layers[0].eval()  # a mixed state must come back as it was
     modes = [m.training for m in tiny_model.modules()]
-    rollouts = HFRolloutEngine(tiny_model, tiny_tokenizer).generate(prompts[:2], GREEDY)
+    rollouts = HFRolloutEngine(tiny_model, tiny_tokenizer, decoder=decoder).generate(prompts[:2], GREEDY)
     assert [m.training for m in tiny_model.modules()] == modes
     assert all(len(r.completion_ids) > 0 for r in rollouts)
 

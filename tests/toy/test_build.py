@@ -83,3 +83,32 @@ def test_generic_path_builds_from_any_problem_file(tmp_path):
     splits = {name: load_problems(path) for name, path in world_splits(world).items()}
     assert sorted(p.id for s in splits.values() for p in s) == sorted(p.id for p in problems)
     assert len(splits["test"]) == len(splits["val"]) == 4
+
+
+def test_the_default_world_ships_with_the_package_and_is_the_codes_default(monkeypatch, tmp_path):
+    from dataclasses import asdict
+
+    monkeypatch.setenv("ATESD_CACHE", str(tmp_path / "empty-cache"))
+    cfg = ToyWorldConfig(preset="toy-1m")
+    world = build.shipped_world(cfg.cache_key())
+    assert world is not None, ("no shipped world has the key of the code's default configuration: the code now "
+                               "builds another world; rebuild it (atesd toy build --rebuild) and ship it")
+    assert build_toy_world("toy-1m", progress=False) == world  # returned, not built
+    assert not (tmp_path / "empty-cache").exists()
+    record = json.loads((world / "world.json").read_text())
+    assert record["config"] == json.loads(json.dumps(asdict(cfg), default=str))
+    assert record["split_sizes"] == {"train": 20000, "val": 200, "test": 500}
+    assert {len(load_problems(path)) for path in world_splits(world).values()} == {20000, 200, 500}
+    tokenizer = AutoTokenizer.from_pretrained(world)
+    model = AutoModelForCausalLM.from_pretrained(world)
+    assert len(tokenizer) == record["vocab_size"] and model.num_parameters() == record["parameters"]
+    copied = build_toy_world("toy-1m", out=tmp_path / "copy", progress=False)
+    assert (copied / "model.safetensors").read_bytes() == (world / "model.safetensors").read_bytes()
+
+
+def test_a_killed_builds_staging_folder_is_removed_by_the_next_build(tmp_path):
+    stale = tmp_path / ".w.building-999999999"
+    stale.mkdir()
+    (stale / "model.safetensors").write_text("half")
+    build_toy_world(TINY, out=tmp_path / "w", progress=False)
+    assert not stale.exists() and (tmp_path / "w" / "world.json").is_file()

@@ -11,8 +11,14 @@ of its data:
 Worlds are cached under `$ATESD_CACHE/toy/<hash>` (default `~/.cache/atesd/toy/<hash>`), keyed by a
 hash of the configuration (and of the data file's bytes for the generic path), so a second call
 returns at once. A world is written into a temporary sibling directory and renamed into place, so
-a killed build never leaves a half model. The same seed gives the same data and the same weights
-(for a fixed torch version and thread count).
+a killed build never leaves a half model (and the next build removes what a killed one left).
+The same seed gives the same data and the same weights for a fixed torch version, thread count
+and CPU; other CPUs round differently and build a (slightly) different world.
+
+The default world (preset toy-1m, the default configuration) ships with the package in
+`atesd/toy/worlds/toy-1m/`: asking for it returns that directory without building, so every
+machine trains and evaluates on the same weights and every toy figure in the docs can be
+reproduced anywhere. `force=True` (`atesd toy build --rebuild`) rebuilds it into the cache.
 
 Where this departs from the papers: they start from pretrained Qwen3 checkpoints; this builds a
 miniature from scratch so the whole method runs on a CPU in minutes (see `atesd.toy.warmstart`).
@@ -37,6 +43,7 @@ from atesd.toy.warmstart import WarmStartConfig, example_stream, train_supervise
 
 BUILD_VERSION = 2  # bump when a change to this package changes what a configuration builds
 WORLD_FILE = "world.json"
+SHIPPED_DIR = Path(__file__).resolve().parent / "worlds"  # worlds built once and shipped
 DATA_DIR = "data"
 SPLITS = ("train", "val", "test")
 
@@ -90,6 +97,39 @@ def cache_root() -> Path:
     """`$ATESD_CACHE/toy`, default `~/.cache/atesd/toy`."""
     base = os.environ.get("ATESD_CACHE")
     return (Path(base) if base else Path.home() / ".cache" / "atesd") / "toy"
+
+
+def shipped_world(key: str) -> Path | None:
+    """The world shipped with the package that was built from the configuration with this key."""
+    for marker in sorted(SHIPPED_DIR.glob(f"*/{WORLD_FILE}")):
+        if json.loads(marker.read_text()).get("key") == key:
+            return marker.parent
+    return None
+
+
+def _built_on() -> dict:
+    """Where a world was built: its weights depend on the CPU's rounding as well as the config."""
+    import platform
+
+    import torch
+
+    cpu = platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "torch": torch.__version__, "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def _remove_stale_staging(target: Path) -> None:
+    """Staging folders of builds that were killed (their process is gone) are removed."""
+    for stale in target.parent.glob(f".{target.name}.building-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        alive = pid.isdigit() and Path(f"/proc/{pid}").exists() and int(pid) != os.getpid()
+        if not alive:
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _toy_splits(cfg: ToyWorldConfig) -> dict[str, list[Problem]]:
@@ -170,12 +210,17 @@ def build_toy_world(cfg: ToyWorldConfig | str | None = None, *, out: str | os.Pa
         `build_toy_world("toy-1m", seed=1)` or `build_toy_world(data="problems.jsonl")`.
     out: where to put the world (default: the cache, keyed by cfg.cache_key()). An existing world
         there with the same key is returned as is; other content is an error unless force.
-    force: rebuild even when the world exists.
+    force: rebuild even when the world exists (or is shipped with the package).
+    A configuration whose world ships with the package returns the shipped directory (or, with
+    `out`, a copy of it) without building.
     """
     if isinstance(cfg, str):
         cfg = ToyWorldConfig(preset=cfg)
     cfg = replace(cfg or ToyWorldConfig(), **overrides)
     key = cfg.cache_key()
+    shipped = None if force else shipped_world(key)
+    if shipped is not None:
+        return shipped if out is None else copy_world(shipped, out)
     target = Path(out).expanduser() if out is not None else cache_root() / key
     marker = target / WORLD_FILE
     if marker.is_file() and not force:
@@ -186,12 +231,13 @@ def build_toy_world(cfg: ToyWorldConfig | str | None = None, *, out: str | os.Pa
         raise FileExistsError(f"{target} exists and is not a toy world; choose another out or pass force=True")
 
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(target)
     staging = target.parent / f".{target.name}.building-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir()
         facts = _build_into(staging, cfg, progress)
-        record = {"key": key, "version": BUILD_VERSION, "config": asdict(cfg), **facts}
+        record = {"key": key, "version": BUILD_VERSION, "config": asdict(cfg), **facts, "built_on": _built_on()}
         (staging / WORLD_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
         if target.exists():
             shutil.rmtree(target)
@@ -226,10 +272,12 @@ def copy_world(world: str | os.PathLike, out: str | os.PathLike) -> Path:
 
 
 def run_toy_build(preset: str = "toy-1m", out: str | None = None, data: str | None = None, seed: int = 0,
-                  report: bool = True) -> Path:
-    """`atesd toy build`: build (or reuse) a world in the cache, copy it to `out` if given, print
-    where it is and, with `report`, the student / teacher / headroom tables."""
-    world = build_toy_world(ToyWorldConfig(preset=preset, data=data, seed=seed))
+                  report: bool = True, rebuild: bool = False) -> Path:
+    """`atesd toy build`: build (or reuse: the cache, the shipped default world) a world, copy it to
+    `out` if given, print where it is and, with `report`, the student / teacher / headroom tables.
+    rebuild: build even when the world is cached or shipped (into the cache; the shipped world
+    stays as it is)."""
+    world = build_toy_world(ToyWorldConfig(preset=preset, data=data, seed=seed), force=rebuild)
     if out is not None:
         world = copy_world(world, out)
     print(f"toy world: {world}")

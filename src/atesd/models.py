@@ -1,5 +1,8 @@
-"""Loading the policy model and its tokenizer: a hub id or a local directory, a dtype, LoRA or full
-fine-tuning, gradient checkpointing.
+"""Loading models and tokenizers: the one place `from_pretrained` is called.
+
+`load_model` / `load_tokenizer` give the policy for training (a hub id or a local directory, a
+dtype, LoRA or full fine-tuning, gradient checkpointing); `load_pretrained` gives a frozen model and
+its tokenizer for evaluation and analysis.
 
 Weights load through `from_pretrained` (safetensors); `trust_remote_code` stays off unless the
 config turns it on. Nothing here reaches the network unless the user names a hub model.
@@ -46,6 +49,16 @@ def load_model(cfg: ModelConfig, trainable: bool = True):
         )
         model = get_peft_model(model, peft_cfg)
     return model
+
+
+def load_pretrained(name_or_path, dtype: str = "float32", device: str | None = None,
+                    trust_remote_code: bool = False):
+    """(model, tokenizer): a frozen model in eval mode on `device` (default: cuda when present)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    cfg = ModelConfig(name_or_path=str(name_or_path), dtype=dtype, trust_remote_code=trust_remote_code)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return load_model(cfg, trainable=False).to(device), load_tokenizer(cfg)
 
 
 def is_lora(model) -> bool:

@@ -1,0 +1,70 @@
+"""The one evaluation protocol of every toy comparison (docs/toy-world.md, "The protocol").
+
+Every toy figure in README.md, BENCHMARKS.md and docs/toy-world.md that compares models is
+measured with `TOY_PROTOCOL`: held-out sampled Average@8 on all 500 test problems of the world,
+temperature 1 with no top-p or top-k truncation (the distribution the toy configs train on), at
+most 128 new tokens (the toy configs' rollout length), sampling seed 1234, 256 samples per
+generation call (`atesd.evaluate` derives each call's seed from the seed and the call's index, so
+the batch size is part of the protocol). Two models evaluated under it are paired problem by
+problem (`atesd.evaluate.paired_difference`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from atesd.data import Problem, load_problems
+from atesd.evaluate import EvalReport, evaluate
+from atesd.models import load_pretrained
+from atesd.prompts import PromptConfig
+from atesd.rollout.base import SamplingParams
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """Which problems, how many samples, and how they are drawn."""
+
+    name: str
+    split: str = "test"
+    n_problems: int | None = 500  # the first N problems of the split (None: all)
+    k: int = 8
+    seed: int = 1234
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 128
+    batch_size: int = 256
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                              top_p=self.top_p, top_k=self.top_k, seed=self.seed)
+
+    def problems(self, data_dir: str | os.PathLike) -> list[Problem]:
+        """The protocol's problems from a folder holding `<split>.jsonl` (a toy world's `data/`)."""
+        return load_problems(Path(data_dir) / f"{self.split}.jsonl")[: self.n_problems]
+
+    def describe(self) -> str:
+        n = "all" if self.n_problems is None else f"the first {self.n_problems}"
+        return (f"protocol {self.name}: sampled Average@{self.k} on {n} {self.split} problems, T = {self.temperature:g}"
+                f"{'' if self.top_p == 1 and self.top_k == 0 else f', top-p {self.top_p:g}, top-k {self.top_k}'}, "
+                f"at most {self.max_new_tokens} new tokens, sampling seed {self.seed}, "
+                f"{self.batch_size} samples per generation call")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+TOY_PROTOCOL = EvalProtocol(name="toy-avg8")
+
+
+def evaluate_under(protocol: EvalProtocol, model_or_dir, problems: list[Problem], prompts: PromptConfig,
+                   tokenizer=None, progress: bool = False) -> EvalReport:
+    """Evaluate a model (or a saved model directory) on `problems` under the protocol."""
+    model, meta = model_or_dir, {"protocol": protocol.to_dict()}
+    if isinstance(model_or_dir, (str, os.PathLike)):
+        model, tokenizer = load_pretrained(model_or_dir, device="cpu")
+        meta["model"] = str(model_or_dir)
+    return evaluate(model.eval(), tokenizer, problems, k=protocol.k, sampling=protocol.sampling(), prompt_cfg=prompts,
+                    batch_size=protocol.batch_size, progress=progress, score_workers=0, meta=meta)
