@@ -16,8 +16,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict:
-    """atesd.bench.machine_info (CPU model, cores, torch, Python) plus memory and load at the start."""
-    from atesd.bench import machine_info
+    """atesd.experiments.bench.machine_info (CPU model, cores, torch, Python) plus memory and load at the start."""
+    from atesd.experiments.bench import machine_info
 
     memory_gib = None
     try:

@@ -109,10 +109,10 @@ def divergence_check(sizes: dict, device: str, seed: int = 0) -> list[dict]:
         w = head.to(dtype).clone().requires_grad_()
         t = teacher.to(dtype)
         if chunked:
-            values = chunked_divergence(s, t, w, clip=clip, temperature=temperature, chunk_size=chunk,
+            values = chunked_divergence(s, t, w, token_clip=clip, temperature=temperature, chunk_size=chunk,
                                         token_weights=weights.to(dtype)).divergence
         else:
-            values = token_divergence(s @ w.T, t @ w.detach().T, clip=clip, temperature=temperature)
+            values = token_divergence(s @ w.T, t @ w.detach().T, token_clip=clip, temperature=temperature)
         (values.float() * weights).sum().backward()
         return values.detach().float(), s.grad.float(), w.grad.float()
 
@@ -256,7 +256,7 @@ def train_run(backend: str, sizes: dict, model_dir: Path, train_file: Path, para
     return {
         "backend": backend, "status": "ok", "steps": len(metrics), "timed_steps": len(timed), "wall_s": wall,
         "median_step_s": statistics.median(m["timing/step_s"] for m, _ in timed),
-        "median_rollout_s": statistics.median(m["timing/rollout_s"] for m, _ in timed),
+        "median_rollout_s": statistics.median(m["timing/sample_s"] for m, _ in timed),
         "completion_tokens_per_s": sum(c["completion"] for _, c in timed) / seconds,
         "processed_tokens_per_s": processed / seconds,
         "achieved_tflops": flops / seconds / 1e12,

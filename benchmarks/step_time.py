@@ -76,7 +76,7 @@ def run(sizes: dict, threads: int, work_dir: Path) -> dict:
                 "method": method, "repeat": repeat,
                 "step_s": [r["timing/step_s"] for r in kept],
                 "exposure_s": [r.get("timing/probe_s", 0.0) + r.get("timing/grounding_s", 0.0) for r in kept],
-                "rollout_s": [r["timing/rollout_s"] for r in kept],
+                "rollout_s": [r["timing/sample_s"] for r in kept],
                 "loss_s": [r["timing/loss_s"] for r in kept],
                 "tokens_per_s": [r["train/tokens_per_s"] for r in kept],
                 "reveal_ratio": [r["exposure/reveal_ratio"] for r in kept],

@@ -6,7 +6,7 @@
     python benchmarks/toy_search.py distill --world /tmp/w --config configs/toy-opsd.yaml \
         loss.divergence=reverse_kl optim.lr=3e-5
 
-`world` prints the student / teacher / headroom tables (atesd.toy.report, first --n test problems).
+`world` prints the student / teacher / headroom tables (atesd.experiments.world_report, first --n test problems).
 `distill` evaluates the world's model once (cached in the world as base_eval_<n>_<k>.json), trains
 with the config and the `key=value` overrides, evaluates the final model on the same test problems
 with the same sampling seed, and prints one RESULT line: base, after, the paired change ± its
@@ -32,7 +32,7 @@ from pathlib import Path
 
 def build_world(args) -> None:
     from atesd.toy.build import ToyWorldConfig, build_toy_world, copy_world
-    from atesd.toy.report import toy_world_report
+    from atesd.experiments.world_report import toy_world_report
     from atesd.toy.warmstart import WarmStartConfig
 
     cfg = ToyWorldConfig(preset=args.preset, seed=args.seed, threads=args.threads,
@@ -94,7 +94,7 @@ def distill(args) -> None:
 
     from atesd.config import load_config
     from atesd.evaluate import paired_difference
-    from atesd.report import read_jsonl
+    from atesd.experiments.report import read_jsonl
     from atesd.train import train
 
     torch.set_num_threads(args.threads)

@@ -9,7 +9,7 @@ the student's forward pass, full-vocabulary forward KL(p_T ‖ p_S), backward an
 
 - atesd: `atesd.train.train` (`exposure.policy=fixed`, `reveal_ratio=1.0`, `loss.divergence=
   forward_kl`, `teacher.kind=frozen`); step time is `timing/step_s` from metrics.jsonl, with its
-  `timing/rollout_s` and `timing/loss_s` parts.
+  `timing/sample_s` and `timing/loss_s` parts.
 - TRL: `SDFTTrainer` with `distillation_mode="full_logits"`, `distillation_alpha=0.0` (its
   `kl_div(student, teacher)`, i.e. KL(p_T ‖ p_S)), `distillation_is_clip=None`,
   `teacher_model_kind="base"` (a frozen copy), `num_generations=1`; the privileged context is the
@@ -211,7 +211,7 @@ def summarise(case: tuple, atesd_runs: list[list[dict]], trl_runs: list[list[dic
     trl = [r for run in trl_runs for r in run[skip:]]
     a_step = _median([r["timing/step_s"] for r in atesd])
     t_step = _median([r["step_s"] for r in trl])
-    a_roll, a_loss = _median([r["timing/rollout_s"] for r in atesd]), _median([r["timing/loss_s"] for r in atesd])
+    a_roll, a_loss = _median([r["timing/sample_s"] for r in atesd]), _median([r["timing/loss_s"] for r in atesd])
     t_parts = {k: _median([r.get(f"{k}_s", 0.0) for r in trl]) for k in
                ("generate", "teacher_forward", "student_forward", "divergence", "backward")}
     return {
@@ -220,7 +220,7 @@ def summarise(case: tuple, atesd_runs: list[list[dict]], trl_runs: list[list[dic
             "median_step_s": a_step, "steps_per_s": 1 / a_step,
             "median_step_s_per_run": [_median([r["timing/step_s"] for r in run[skip:]]) for run in atesd_runs],
             "median_rollout_s": a_roll, "median_loss_s": a_loss,
-            "median_update_and_rest_s": _median([r["timing/step_s"] - r["timing/rollout_s"] - r["timing/loss_s"]
+            "median_update_and_rest_s": _median([r["timing/step_s"] - r["timing/sample_s"] - r["timing/loss_s"]
                                                  for r in atesd]),
             "median_tokens_per_s": _median([r["train/tokens_per_s"] for r in atesd]),
             "mean_completion_length": statistics.fmean(r["rollout/completion_length"] for r in atesd),

@@ -117,7 +117,7 @@ def test_token_divergence_matches_naive_values_and_student_gradients(
     mask = make_mask(37) if masked else None
     weights = per_token_weights(37)
     student = student64.to(dtype).requires_grad_(True)
-    value = token_divergence(student, teacher64.to(dtype), kind=kind, beta=beta, clip=clip,
+    value = token_divergence(student, teacher64.to(dtype), kind=kind, jsd_beta=beta, token_clip=clip,
                              temperature=temperature, mask=mask, top_k=top_k)
     (grad,) = torch.autograd.grad((value * weights.to(dtype)).sum(), student)
 
@@ -139,39 +139,39 @@ def test_token_divergence_matches_naive_values_and_student_gradients(
 def test_jsd_beta_zero_is_forward_kl_and_beta_one_is_reverse_kl(clip):
     student, teacher = make_logits()
     for beta, kind in [(0.0, "forward_kl"), (1.0, "reverse_kl")]:
-        jsd = token_divergence(student, teacher, kind="jsd", beta=beta, clip=clip)
-        assert torch.equal(jsd, token_divergence(student, teacher, kind=kind, clip=clip))
+        jsd = token_divergence(student, teacher, kind="jsd", jsd_beta=beta, token_clip=clip)
+        assert torch.equal(jsd, token_divergence(student, teacher, kind=kind, token_clip=clip))
 
 
 def test_jsd_with_half_mixture_is_symmetric_in_student_and_teacher():
     student, teacher = make_logits()
-    forward = token_divergence(student, teacher, kind="jsd", beta=0.5)
-    swapped = token_divergence(teacher, student, kind="jsd", beta=0.5)
+    forward = token_divergence(student, teacher, kind="jsd", jsd_beta=0.5)
+    swapped = token_divergence(teacher, student, kind="jsd", jsd_beta=0.5)
     torch.testing.assert_close(forward, swapped, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("kind,beta", KINDS + [("jsd", 0.1), ("jsd", 0.9)])
 def test_divergence_is_nonnegative_and_zero_for_identical_logits(kind, beta):
     student, teacher = make_logits()
-    assert (token_divergence(student, teacher, kind=kind, beta=beta) > 0).all()
-    same = token_divergence(student, student.clone(), kind=kind, beta=beta, temperature=1.3)
+    assert (token_divergence(student, teacher, kind=kind, jsd_beta=beta) > 0).all()
+    same = token_divergence(student, student.clone(), kind=kind, jsd_beta=beta, temperature=1.3)
     torch.testing.assert_close(same, torch.zeros(37, dtype=torch.float64), rtol=0, atol=1e-14)
 
 
 @pytest.mark.parametrize("kind,beta", KINDS)
 def test_topk_with_all_but_one_entry_equals_full_vocabulary(kind, beta):
     student, teacher = make_logits(v=20)
-    full = token_divergence(student, teacher, kind=kind, beta=beta, clip=CLIP)
-    top = token_divergence(student, teacher, kind=kind, beta=beta, clip=CLIP, top_k=19)
+    full = token_divergence(student, teacher, kind=kind, jsd_beta=beta, token_clip=CLIP)
+    top = token_divergence(student, teacher, kind=kind, jsd_beta=beta, token_clip=CLIP, top_k=19)
     torch.testing.assert_close(top, full, rtol=1e-10, atol=1e-12)
 
 
 def test_token_divergence_accepts_batch_time_vocab_logits_and_mask():
     student, teacher = make_logits(n=24)
     mask = make_mask(24)
-    flat = token_divergence(student, teacher, kind="jsd", mask=mask, clip=CLIP)
+    flat = token_divergence(student, teacher, kind="jsd", mask=mask, token_clip=CLIP)
     batched = token_divergence(student.reshape(4, 6, -1), teacher.reshape(4, 6, -1), kind="jsd",
-                               mask=mask.reshape(4, 6), clip=CLIP)
+                               mask=mask.reshape(4, 6), token_clip=CLIP)
     assert batched.shape == (4, 6)
     assert torch.equal(batched.reshape(-1), flat)
 
@@ -195,7 +195,7 @@ def test_teacher_logits_receive_no_gradient():
     student.requires_grad_(True)
     teacher.requires_grad_(True)
     for kind, beta in KINDS:
-        token_divergence(student, teacher, kind=kind, beta=beta).sum().backward()
+        token_divergence(student, teacher, kind=kind, jsd_beta=beta).sum().backward()
     assert teacher.grad is None and student.grad is not None
 
 
@@ -209,9 +209,9 @@ def test_half_precision_logits_are_upcast_to_float32():
 
 @pytest.mark.parametrize("bad, message", [
     (dict(kind="kl"), "kind must be one of"),
-    (dict(beta=1.5), "beta must be in"),
+    (dict(jsd_beta=1.5), "beta must be in"),
     (dict(temperature=0.0), "temperature must be > 0"),
-    (dict(clip=0.0), "clip must be > 0"),
+    (dict(token_clip=0.0), "clip must be > 0"),
     (dict(top_k=0), "top_k must be >= 1"),
     (dict(top_k=97), "must be smaller than the vocabulary"),
     (dict(mask=torch.ones(37)), "mask must be a bool tensor"),
@@ -253,7 +253,7 @@ def test_chunked_matches_naive_values_and_gradients(kind, beta, clip, masked, te
     weights = per_token_weights(37)
     student = student64.to(dtype).requires_grad_(True)
     weight = weight64.to(dtype).requires_grad_(True)
-    out = chunked_divergence(student, teacher64.to(dtype), weight, kind=kind, beta=beta, clip=clip,
+    out = chunked_divergence(student, teacher64.to(dtype), weight, kind=kind, jsd_beta=beta, token_clip=clip,
                              temperature=temperature, mask=mask, chunk_size=chunk_size)
     grads = torch.autograd.grad((out.divergence * weights.to(dtype)).sum(), [student, weight])
 
@@ -277,8 +277,8 @@ def test_chunked_topk_with_bias_matches_naive_values_and_gradients(kind, beta, c
     mask = make_mask(37)
     weights = per_token_weights(37)
     params = [student.requires_grad_(True), weight.requires_grad_(True), bias.requires_grad_(True)]
-    out = chunked_divergence(student, teacher, weight, lm_head_bias=bias, kind=kind, beta=beta,
-                             clip=CLIP, temperature=1.2, top_k=5, mask=mask, chunk_size=chunk_size)
+    out = chunked_divergence(student, teacher, weight, lm_head_bias=bias, kind=kind, jsd_beta=beta,
+                             token_clip=CLIP, temperature=1.2, top_k=5, mask=mask, chunk_size=chunk_size)
     grads = torch.autograd.grad((out.divergence * weights).sum(), params)
     expected, _, _, _ = naive_from_hidden(student, teacher, weight, bias, kind, beta, CLIP, 1.2, 5,
                                           mask)
@@ -293,7 +293,7 @@ def test_chunked_topk_with_bias_matches_naive_values_and_gradients(kind, beta, c
 def test_chunked_statistics_match_naive(kind, beta, top_k):
     student, teacher, weight, _ = make_hidden()
     mask = make_mask(37)
-    out = chunked_divergence(student, teacher, weight, kind=kind, beta=beta, clip=CLIP,
+    out = chunked_divergence(student, teacher, weight, kind=kind, jsd_beta=beta, token_clip=CLIP,
                              temperature=1.3, top_k=top_k, mask=mask, chunk_size=8)
     _, clipped, student_logits, teacher_logits = naive_from_hidden(
         student, teacher, weight, None, kind, beta, CLIP, 1.3, top_k, mask)
@@ -320,10 +320,10 @@ def test_chunked_path_never_allocates_a_token_by_vocabulary_tensor(kind, beta, t
     grad_scale = per_token_weights(tokens).float()  # non-uniform: the backward's recompute path
 
     with LargestTensor() as watch:
-        out = chunked_divergence(student, teacher, weight, kind=kind, beta=beta, clip=CLIP,
+        out = chunked_divergence(student, teacher, weight, kind=kind, jsd_beta=beta, token_clip=CLIP,
                                  top_k=top_k, mask=mask, chunk_size=chunk)
         (out.divergence * grad_scale).sum().backward()
-        chunked_divergence(student, teacher, weight, kind=kind, beta=beta,
+        chunked_divergence(student, teacher, weight, kind=kind, jsd_beta=beta,
                            chunk_size=chunk).divergence.mean().backward()
     assert chunk * vocab >= vocab * hidden  # so the bound below is the chunk's logits
     assert watch.largest <= chunk * vocab < tokens * vocab
@@ -340,7 +340,7 @@ def test_backward_reuses_forward_lm_head_gradient_only_when_grad_output_matches_
     token_weights = per_token_weights(37)
 
     def backward_matmuls(loss_of, **kwargs):
-        out = chunked_divergence(student, teacher, weight, clip=CLIP, chunk_size=8, **kwargs)
+        out = chunked_divergence(student, teacher, weight, token_clip=CLIP, chunk_size=8, **kwargs)
         with CountMatmuls() as counter:
             grads = torch.autograd.grad(loss_of(out.divergence), [student, weight])
         expected, *_ = naive_from_hidden(student, teacher, weight, None, "forward_kl", 0.5, CLIP,
@@ -361,7 +361,7 @@ def test_frozen_lm_head_gives_exact_hidden_gradient_for_any_token_weighting():
     student, teacher, weight, _ = make_hidden()
     student.requires_grad_(True)
     weights = per_token_weights(37)
-    out = chunked_divergence(student, teacher, weight, kind="jsd", clip=CLIP, chunk_size=8)
+    out = chunked_divergence(student, teacher, weight, kind="jsd", token_clip=CLIP, chunk_size=8)
     (grad,) = torch.autograd.grad((out.divergence * weights).sum(), student)
     expected, *_ = naive_from_hidden(student, teacher, weight, None, "jsd", 0.5, CLIP, 1.0, None,
                                      None)
@@ -386,13 +386,13 @@ def test_separate_teacher_head_is_used_and_receives_no_gradient():
 def test_chunked_divergence_is_zero_for_identical_hidden_states_and_nonnegative_otherwise():
     student, teacher, weight, _ = make_hidden()
     for kind, beta in KINDS:
-        same = chunked_divergence(student, student.clone(), weight, kind=kind, beta=beta,
+        same = chunked_divergence(student, student.clone(), weight, kind=kind, jsd_beta=beta,
                                   temperature=1.3, chunk_size=8)
         torch.testing.assert_close(same.divergence, torch.zeros(37, dtype=torch.float64),
                                    rtol=0, atol=1e-14)
         assert same.top1_agree.all()
         torch.testing.assert_close(same.student_entropy, same.teacher_entropy, rtol=0, atol=0)
-        different = chunked_divergence(student, teacher, weight, kind=kind, beta=beta, chunk_size=8)
+        different = chunked_divergence(student, teacher, weight, kind=kind, jsd_beta=beta, chunk_size=8)
         assert (different.divergence > 0).all()
 
 
@@ -421,9 +421,9 @@ def test_all_tokens_masked_gives_zeros_and_zero_gradients():
 def test_chunked_jsd_beta_zero_is_forward_kl_and_beta_one_is_reverse_kl(clip):
     student, teacher, weight, _ = make_hidden()
     for beta, kind in [(0.0, "forward_kl"), (1.0, "reverse_kl")]:
-        jsd = chunked_divergence(student, teacher, weight, kind="jsd", beta=beta, clip=clip,
+        jsd = chunked_divergence(student, teacher, weight, kind="jsd", jsd_beta=beta, token_clip=clip,
                                  chunk_size=8)
-        kl = chunked_divergence(student, teacher, weight, kind=kind, clip=clip, chunk_size=8)
+        kl = chunked_divergence(student, teacher, weight, kind=kind, token_clip=clip, chunk_size=8)
         assert torch.equal(jsd.divergence, kl.divergence)
 
 
@@ -433,7 +433,7 @@ def test_chunked_masked_tokens_ignore_garbage_hidden_states():
     student[~mask], teacher[~mask] = float("nan"), float("inf")
     student.requires_grad_(True)
     weight.requires_grad_(True)
-    out = chunked_divergence(student, teacher, weight, kind="jsd", clip=CLIP, mask=mask,
+    out = chunked_divergence(student, teacher, weight, kind="jsd", token_clip=CLIP, mask=mask,
                              chunk_size=8)
     (out.divergence * per_token_weights(37)).sum().backward()
     for tensor in (out.divergence, out.student_entropy, out.teacher_entropy, student.grad,

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from atesd.data import Problem, write_problems
+from atesd.eval_config import EvalConfig
 from atesd.evaluate import (
     EVAL_JSON,
     EVAL_MARKDOWN,
@@ -165,8 +166,9 @@ def test_greedy_evaluation_is_deterministic(tiny_model, tiny_tokenizer, toy_prob
 def test_run_eval_loads_a_saved_model_and_writes_reports(tiny_model_dir, toy_problems, tmp_path):
     data = tmp_path / "problems.jsonl"
     write_problems(data, toy_problems[:4])
-    report = run_eval(tiny_model_dir, str(data), k=2, out_dir=tmp_path / "eval", max_new_tokens=3, limit=2,
-                      batch_size=4, progress=False, score_workers=0)
+    cfg = EvalConfig(model=str(tiny_model_dir), data=str(data), k=2, out_dir=str(tmp_path / "eval"),
+                     max_new_tokens=3, limit=2, batch_size=4, score_workers=0)
+    report = run_eval(cfg, progress=False)
     assert report.n_problems == 2 and report.meta["limit"] == 2
     saved = json.loads((tmp_path / "eval" / EVAL_JSON).read_text())
     assert saved["k"] == 2 and saved["n_problems"] == 2

@@ -1,14 +1,13 @@
 """SFT and GRPO as configurations of the one loop, plus the objective helpers."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from atesd.config import load_config
 from atesd.data import write_problems
-from atesd.objectives import token_logprobs
+from atesd.scoring import token_logprobs
 from atesd.train import train
 
 

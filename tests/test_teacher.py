@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from atesd.teacher import Teacher, build_sequences, check_same_completions, completion_hidden
+from atesd.scoring import build_sequences, check_same_completions, completion_hidden
+from atesd.teacher import Teacher
 
 
 def test_left_padding_right_aligns_completions_and_positions_start_at_zero():

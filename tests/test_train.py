@@ -116,9 +116,8 @@ def test_learned_exposure_logs_decisions_rewards_and_controller_updates(world, t
     assert result.reveal_ratios[:3] == [decisions[0]["used_ratio"]] * 3
     assert result.reveal_ratios[3:6] == [decisions[1]["used_ratio"]] * 3
     metrics = _metrics(out)
-    assert all("exposure/grounding_score" in m for m in metrics)  # g_t every step
-    # the probe NLL (a state feature) once per hold window, on its last step
-    assert [m["step"] for m in metrics if "exposure/probe_nll" in m] == [2, 5]
+    # g_t and the probe NLL on their held-out problems, every step
+    assert all("exposure/grounding_score" in m and "exposure/probe_nll" in m for m in metrics)
 
 
 def test_gradient_accumulation_gives_the_same_update_as_one_batch(world, tmp_path):

@@ -12,6 +12,9 @@ import sys
 
 
 def _add_eval(sub) -> None:
+    from atesd.eval_config import EvalConfig
+
+    d = EvalConfig()  # the defaults, shown in the help
     p = sub.add_parser(
         "eval", help="Average@k / pass@k / maj@k of a model on a problem file",
         description="Flags override the --config file; without --config, --model and --data are required.",
@@ -22,22 +25,24 @@ def _add_eval(sub) -> None:
                    help="problem file (JSONL/JSON/CSV/Parquet) or hub dataset; replaces the config's data "
                         "and, unless --split is given too, its split")
     p.add_argument("--split", default=None, help="hub dataset split")
-    p.add_argument("--k", type=int, default=None, help="samples per problem (default 8)")
+    p.add_argument("--k", type=int, default=None, help=f"samples per problem (default {d.k})")
     p.add_argument("--out", dest="out_dir", metavar="DIR", default=None,
-                   help="output directory for eval.json and eval.md (default: eval)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default 1024")
-    p.add_argument("--temperature", type=float, default=None, help="default 0.6")
-    p.add_argument("--top-p", type=float, default=None, help="default 0.95")
-    p.add_argument("--top-k", type=int, default=None, help="default 20; 0 disables it")
-    p.add_argument("--seed", type=int, default=None, help="default 0")
+                   help=f"output directory for eval.json and eval.md (default: {d.out_dir})")
+    p.add_argument("--max-new-tokens", type=int, default=None, help=f"default {d.max_new_tokens}")
+    p.add_argument("--temperature", type=float, default=None, help=f"default {d.temperature}")
+    p.add_argument("--top-p", type=float, default=None, help=f"default {d.top_p}")
+    p.add_argument("--top-k", type=int, default=None, help=f"default {d.top_k}; 0 disables it")
+    p.add_argument("--seed", type=int, default=None, help=f"default {d.seed}")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N problems only")
     p.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
                    help="enable_thinking for the student prompt (default off)")
-    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
-    p.add_argument("--batch-size", type=int, default=None, help="samples per generation call (default 64)")
+    p.add_argument("--dtype", default=None, help=f"float32, bfloat16 or float16 (default {d.dtype})")
+    p.add_argument("--batch-size", type=int, default=None, help=f"samples per generation call (default {d.batch_size})")
 
 
 def _run_eval(args) -> None:
+    from dataclasses import replace
+
     from atesd.eval_config import check_complete, load_eval_config, prepare_eval_dir
     from atesd.evaluate import run_eval
 
@@ -46,15 +51,9 @@ def _run_eval(args) -> None:
     flags = {name: getattr(args, name) for name in names if getattr(args, name) is not None}  # given flags only
     cfg = load_eval_config(args.config, flags)
     check_complete(cfg)
-    # A config's data may be an evaluation-only set (answers, no solutions): load it as one.
-    data, split = (str(prepare_eval_dir(cfg)), None) if args.config is not None else (cfg.data, cfg.split)
-    report = run_eval(
-        cfg.model, data, k=cfg.k, out_dir=cfg.out_dir, split=split,
-        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-        top_k=cfg.top_k, seed=cfg.seed, limit=cfg.limit, thinking=cfg.thinking,
-        dtype=cfg.dtype, batch_size=cfg.batch_size, device=cfg.device,
-        score_workers=cfg.score_workers, write_samples=cfg.write_samples,
-    )
+    if args.config is not None:  # a config's data may be an evaluation-only set (answers, no solutions)
+        cfg = replace(cfg, data=str(prepare_eval_dir(cfg)), split=None, columns={}, limit=None)
+    report = run_eval(cfg)
     print(report.to_markdown())
     print(f"wrote {os.path.join(cfg.out_dir, 'eval.json')}")
 
@@ -73,7 +72,7 @@ def _add_toy(sub) -> None:
 
 
 def _run_toy(args) -> None:
-    from atesd.toy.build import run_toy_build
+    from atesd.experiments.world_report import run_toy_build
 
     run_toy_build(preset=args.preset, out=args.out, data=args.data, seed=args.seed, report=not args.no_report,
                   rebuild=args.rebuild)
@@ -88,9 +87,10 @@ def _add_train(sub) -> None:
 
 def _run_train(args) -> None:
     from atesd.config import load_config
+    from atesd.toy.paths import resolve_toy_paths
     from atesd.train import train
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = resolve_toy_paths(load_config(args.config, args.overrides))
     result = train(cfg, resume=args.resume)
     print(f"run directory: {result.output_dir}")
 
@@ -105,7 +105,7 @@ def _add_demo(sub) -> None:
 
 
 def _run_demo(args) -> None:
-    from atesd.demo import run_demo
+    from atesd.experiments.demo import run_demo
 
     run_demo(config=args.config, out=args.out, overrides=args.overrides, n_problems=args.n_problems, k=args.k)
 
@@ -116,7 +116,7 @@ def _add_report(sub) -> None:
 
 
 def _run_report(args) -> None:
-    from atesd.report import make_report, summarize_run
+    from atesd.experiments.report import make_report, summarize_run
 
     print(summarize_run(args.run_dir))
     for path in make_report(args.run_dir):
@@ -147,8 +147,8 @@ def _add_mismatch(sub) -> None:
 
 
 def _run_mismatch(args) -> None:
-    from atesd.mismatch import run_mismatch
-    from atesd.toy.positions import run_mismatch_positions
+    from atesd.experiments.mismatch import run_mismatch
+    from atesd.experiments.positions import run_mismatch_positions
 
     try:
         ratios = [float(r) for r in args.ratios.split(",")]
@@ -173,7 +173,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="tiny budgets for a CI smoke (~2 min on 2 cores)")
     p.add_argument("--out", default=None, help="default runs/bench-toy (runs/bench-toy-quick with --quick)")
-    p.add_argument("--methods", nargs="+", default=None, help="a subset of atesd.bench.METHODS")
+    p.add_argument("--methods", nargs="+", default=None, help="a subset of atesd.experiments.bench.METHODS")
     p.add_argument("--steps", type=int, default=None,
                    help="training steps per run (default 500, the toy configs' own; validation every steps/4)")
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
@@ -181,7 +181,7 @@ def _add_bench(sub) -> None:
 
 
 def _run_bench(args) -> None:
-    from atesd.bench import run_bench
+    from atesd.experiments.bench import run_bench
 
     outcome = run_bench(suite=args.suite, seeds=args.seeds, quick=args.quick, out=args.out,
                         methods=args.methods, overrides=args.overrides, steps=args.steps,

@@ -2,7 +2,9 @@
 
 Every field is documented once, here, and names the paper symbol it sets. `load_config` reads a
 YAML file into this schema with OmegaConf, applies `key=value` overrides, and rejects an unknown key
-with the closest valid one as a suggestion. Names are the same in YAML, on the command line, in
+with the closest valid one as a suggestion. A choice is a `Literal` (OmegaConf rejects any other
+value at merge time, naming the key); each section checks its own fields in `__post_init__` and
+`TrainConfig` the checks that span sections. Names are the same in YAML, on the command line, in
 metrics and in docs/algorithm.md.
 """
 
@@ -10,9 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Literal, Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -23,6 +26,23 @@ from atesd.prompts import PromptConfig
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message says which key and why."""
+
+
+def _check(condition: bool, message: str) -> None:
+    """A section's own validation: the message names the key and says how to fix it."""
+    if not condition:
+        raise ValueError(message)
+
+
+def check_choices(section, prefix: str) -> None:
+    """Every `Literal` field of a dataclass holds one of its values (OmegaConf checks this when a
+    config is merged; this covers sections built directly in Python)."""
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        hint = hints[f.name]
+        if typing.get_origin(hint) is Literal and getattr(section, f.name) not in typing.get_args(hint):
+            choices = ", ".join(repr(c) for c in typing.get_args(hint))
+            raise ValueError(f"{prefix}.{f.name}={getattr(section, f.name)!r} is not one of {choices}")
 
 
 @dataclass
@@ -37,17 +57,23 @@ class LoraConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
 
+    def __post_init__(self) -> None:
+        _check(self.rank >= 1 and self.alpha > 0, "model.lora.rank must be >= 1 and model.lora.alpha > 0")
+
 
 @dataclass
 class ModelConfig:
     """The policy (student) model; the teacher is the same model (see TeacherConfig)."""
 
     name_or_path: str = "???"  # hub id or local directory
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False  # off unless the user turns it on
     gradient_checkpointing: bool = False
     attn_implementation: Optional[str] = None  # e.g. sdpa, flash_attention_2; None: transformers' default
     lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def __post_init__(self) -> None:
+        check_choices(self, "model")
 
 
 @dataclass
@@ -60,32 +86,41 @@ class DataConfig:
     solution_column: str = "solution"
     answer_column: Optional[str] = None  # None: the last \boxed{} of the solution
     val: Optional[str] = None  # validation file, used by periodic evaluation
-    on_bad_row: str = "error"  # error | skip
+    on_bad_row: Literal["error", "skip"] = "error"
+
+    def __post_init__(self) -> None:
+        check_choices(self, "data")
 
 
 @dataclass
 class RolloutConfig:
     """Sampling ŷ ~ p_S(·|x). OPSD: up to 1024 tokens, temperature 1.1, top-p 0.95, top-k 20."""
 
-    backend: str = "hf"  # hf | vllm
+    backend: Literal["hf", "vllm"] = "hf"
     max_new_tokens: int = 1024
     temperature: float = 1.1
     top_p: float = 0.95
     top_k: int = 20
     num_generations: int = 1  # rollouts per prompt (GRPO's G; 1 for OPSD/ATESD)
     batch_size: int = 64  # prompts per generation call (HF backend)
-    hf_decoder: str = "lean"  # HF backend: lean (atesd.rollout.lean, plain Qwen3 models) | generate
+    hf_decoder: Literal["lean", "generate"] = "lean"  # HF backend: atesd.rollout.lean for plain Qwen3, or generate
     vllm_gpu_memory_utilization: float = 0.3  # vLLM backend: GPU memory fraction for its KV cache
     vllm_enforce_eager: bool = False  # vLLM backend: skip CUDA graphs (slower, less memory)
     vllm_sleep_mode: bool = False  # vLLM backend: free its memory between rollout phases (GPU only)
+
+    def __post_init__(self) -> None:
+        check_choices(self, "rollout")
+        _check(self.max_new_tokens >= 1, f"rollout.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        _check(self.num_generations >= 1, "rollout.num_generations must be >= 1")
+        _check(self.batch_size >= 1, f"rollout.batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass
 class LossConfig:
     """The per-token objective D(p_T^α ‖ p_S) and its options (OPSD section 3)."""
 
-    objective: str = "distill"  # distill | sft | grpo
-    divergence: str = "forward_kl"  # forward_kl | reverse_kl | jsd | sampled_token
+    objective: Literal["distill", "sft", "grpo"] = "distill"
+    divergence: Literal["forward_kl", "reverse_kl", "jsd", "sampled_token"] = "forward_kl"
     jsd_beta: float = 0.5  # β of generalised JSD: mixture β·p_T + (1−β)·p_S
     token_clip: Optional[float] = None  # τ_clip: cap on each vocabulary entry's term (OPSD: 0.05)
     temperature: float = 1.0  # both logits divided by it before the softmax (OPSD: 1.1)
@@ -95,13 +130,25 @@ class LossConfig:
     grpo_kl_coef: float = 0.0  # GRPO: weight of the k3 KL to the initial policy (OPSD's baseline: 0)
     grpo_clip_eps: float = 0.2  # GRPO: importance-ratio clip ε
 
+    def __post_init__(self) -> None:
+        check_choices(self, "loss")
+        _check(0 <= self.jsd_beta <= 1, f"loss.jsd_beta must be in [0, 1], got {self.jsd_beta}")
+        _check(self.token_clip is None or self.token_clip > 0,
+               "loss.token_clip must be positive (or null to disable the clip)")
+        _check(self.temperature > 0, f"loss.temperature must be > 0, got {self.temperature}")
+        _check(self.chunk_size >= 1, f"loss.chunk_size must be >= 1, got {self.chunk_size}")
+
 
 @dataclass
 class TeacherConfig:
     """Which weights play p_T. OPSD default: the frozen initial policy."""
 
-    kind: str = "frozen"  # frozen | live | ema
+    kind: Literal["frozen", "live", "ema"] = "frozen"
     ema_decay: float = 0.99  # for kind=ema: θ_T ← d·θ_T + (1−d)·θ
+
+    def __post_init__(self) -> None:
+        check_choices(self, "teacher")
+        _check(0 <= self.ema_decay < 1, "teacher.ema_decay must be in [0, 1)")
 
 
 @dataclass
@@ -114,9 +161,14 @@ class OptimConfig:
     beta2: float = 0.999
     eps: float = 1e-8  # AdamW ε
     warmup_steps: int = 0
-    schedule: str = "constant"  # constant | cosine
+    schedule: Literal["constant", "cosine"] = "constant"
     max_grad_norm: float = 0.1
     grad_accum_steps: int = 1  # micro-batches per optimizer step on each process
+
+    def __post_init__(self) -> None:
+        check_choices(self, "optim")
+        _check(self.grad_accum_steps >= 1, f"optim.grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+        _check(self.lr > 0 and self.max_grad_norm > 0, "optim.lr and optim.max_grad_norm must be > 0")
 
 
 @dataclass
@@ -133,6 +185,9 @@ class ValidationConfig:
     max_problems: int = 200
     temperature: float = 1.0
     max_new_tokens: Optional[int] = None  # None: rollout.max_new_tokens
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 0 and self.k >= 1, "validation.every must be >= 0 and validation.k >= 1")
 
 
 @dataclass
@@ -158,6 +213,19 @@ class TrainConfig:
     max_bad_steps: int = 5  # stop after this many non-finite losses in a row
     report_to: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb
     progress: bool = True  # tqdm progress bar on the main process
+
+    def __post_init__(self) -> None:
+        """Checks that span sections (each section checks its own fields)."""
+        _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        _check(self.prompts_per_step >= 1, f"prompts_per_step must be >= 1, got {self.prompts_per_step}")
+        _check(self.save_every >= 1, "save_every must be >= 1")
+        _check(self.loss.objective != "grpo" or self.rollout.num_generations >= 2,
+               "loss.objective=grpo needs rollout.num_generations >= 2 (group-normalised advantages)")
+        _check(not self.validation.every or bool(self.data.val),
+               "validation.every > 0 needs data.val (a validation problem file)")
+        _check(self.exposure.policy != "learned" or self.loss.divergence != "sampled_token",
+               "exposure.policy=learned reads the top-1 disagreement of a full-vocabulary divergence; "
+               "loss.divergence=sampled_token has none: use forward_kl, reverse_kl or jsd")
 
 
 def valid_keys(schema: type = TrainConfig, prefix: str = "") -> list[str]:
@@ -224,47 +292,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         cfg = OmegaConf.to_object(conf)
     except (ValueError, TypeError) as err:  # __post_init__ validation of a section
         raise ConfigError(str(err)) from None
-    validate(cfg)
     return cfg
-
-
-def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
-
-
-def validate(cfg: TrainConfig) -> None:
-    """Checks that span fields; each message names the key and a remedy."""
-    _choice(cfg.model.dtype, ("float32", "bfloat16", "float16"), "model.dtype")
-    _choice(cfg.data.on_bad_row, ("error", "skip"), "data.on_bad_row")
-    _choice(cfg.rollout.backend, ("hf", "vllm"), "rollout.backend")
-    _choice(cfg.rollout.hf_decoder, ("lean", "generate"), "rollout.hf_decoder")
-    _choice(cfg.loss.objective, ("distill", "sft", "grpo"), "loss.objective")
-    _choice(cfg.loss.divergence, ("forward_kl", "reverse_kl", "jsd", "sampled_token"), "loss.divergence")
-    _choice(cfg.teacher.kind, ("frozen", "live", "ema"), "teacher.kind")
-    _choice(cfg.optim.schedule, ("constant", "cosine"), "optim.schedule")
-    if cfg.steps < 1:
-        raise ConfigError(f"steps must be >= 1, got {cfg.steps}")
-    if cfg.prompts_per_step < 1:
-        raise ConfigError(f"prompts_per_step must be >= 1, got {cfg.prompts_per_step}")
-    if cfg.optim.grad_accum_steps < 1:
-        raise ConfigError(f"optim.grad_accum_steps must be >= 1, got {cfg.optim.grad_accum_steps}")
-    if cfg.rollout.num_generations < 1:
-        raise ConfigError("rollout.num_generations must be >= 1")
-    if cfg.loss.objective == "grpo" and cfg.rollout.num_generations < 2:
-        raise ConfigError("loss.objective=grpo needs rollout.num_generations >= 2 (group-normalised advantages)")
-    if not 0 <= cfg.loss.jsd_beta <= 1:
-        raise ConfigError(f"loss.jsd_beta must be in [0, 1], got {cfg.loss.jsd_beta}")
-    if cfg.loss.token_clip is not None and cfg.loss.token_clip <= 0:
-        raise ConfigError("loss.token_clip must be positive (or null to disable the clip)")
-    if not 0 <= cfg.teacher.ema_decay < 1:
-        raise ConfigError("teacher.ema_decay must be in [0, 1)")
-    if cfg.save_every < 1:
-        raise ConfigError("save_every must be >= 1")
-    if cfg.validation.every < 0 or cfg.validation.k < 1:
-        raise ConfigError("validation.every must be >= 0 and validation.k >= 1")
-    if cfg.validation.every and not cfg.data.val:
-        raise ConfigError("validation.every > 0 needs data.val (a validation problem file)")
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:

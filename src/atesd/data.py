@@ -44,20 +44,30 @@ Choices the papers leave open (ours):
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
 import re
-import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from atesd import atomic
 from atesd.answers import extract_boxed
+from atesd.data_sources import (
+    SUFFIXES,
+    BadRow,
+    DataError,
+    RawRow,
+    is_local,
+    read_csv,
+    read_hub,
+    read_json,
+    read_jsonl,
+    read_parquet,
+)
 
 __all__ = [
     "Problem",
@@ -71,7 +81,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 _ON_BAD_ROW = ("error", "skip")
 _MESSAGE_LINE_LIMIT = 200
 _LEVEL = re.compile(r"(?:level\s*)?(\d+)", re.IGNORECASE)
@@ -95,32 +104,6 @@ _FIELD_NAMES = tuple(field.name for field in fields(Problem))
 
 
 @dataclass(frozen=True)
-class BadRow:
-    """One bad field of one row. ``location`` is ``"path:7"`` (a file line) or ``"path:row 7"``;
-    ``field`` is None when the row as a whole is bad (invalid JSON, invalid UTF-8); ``reason`` is a
-    short category used for counting, ``detail`` the human explanation."""
-
-    location: str
-    field: str | None
-    reason: str
-    detail: str
-
-    def __str__(self) -> str:
-        if self.field is None:
-            return f"{self.location}: {self.detail}"
-        return f"{self.location}: field '{self.field}': {self.detail}"
-
-
-class DataError(ValueError):
-    """A data source cannot be used. The message names the file, the 1-based line (or row) and
-    the field; ``bad_rows`` holds every bad field found (empty for whole-file errors)."""
-
-    def __init__(self, message: str, bad_rows: Iterable[BadRow] = ()) -> None:
-        super().__init__(message)
-        self.bad_rows: tuple[BadRow, ...] = tuple(bad_rows)
-
-
-@dataclass(frozen=True)
 class LoadReport:
     """What a load produced: the valid problems in source order and the bad fields skipped."""
 
@@ -136,162 +119,6 @@ class LoadReport:
     def skipped_by_reason(self) -> dict[str, int]:
         """Bad-field count per reason, e.g. ``{"invalid JSON": 2, "no boxed answer": 1}``."""
         return dict(Counter(bad.reason for bad in self.skipped))
-
-
-@dataclass(frozen=True)
-class _Record:
-    """One raw row before validation: its printable position, its index among all rows, and
-    either its values or the reason it could not be read at all."""
-
-    location: str
-    index: int
-    values: Mapping[str, Any] | None
-    unreadable: BadRow | None = None
-
-
-def _unreadable(location: str, index: int, reason: str, detail: str) -> _Record:
-    return _Record(location, index, None, BadRow(location, None, reason, detail))
-
-
-def _read_jsonl(path: Path, label: str) -> Iterator[_Record]:
-    index = 0
-    for line_number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
-        if line_number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]  # a UTF-8 byte-order mark
-        if not raw.strip():
-            continue
-        location = f"{label}:{line_number}"
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            detail = f"invalid UTF-8 at byte {error.start + 1} of the line"
-            yield _unreadable(location, index, "invalid UTF-8", detail)
-        else:
-            try:
-                values = json.loads(text)
-            except json.JSONDecodeError as error:
-                detail = f"invalid JSON: {error.msg} (column {error.colno})"
-                yield _unreadable(location, index, "invalid JSON", detail)
-            else:
-                if isinstance(values, dict):
-                    yield _Record(location, index, values)
-                else:
-                    detail = f"expected a JSON object, got {type(values).__name__}"
-                    yield _unreadable(location, index, "not an object", detail)
-        index += 1
-
-
-def _read_json(path: Path, label: str) -> Iterator[_Record]:
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = raw.count(b"\n", 0, error.start) + 1
-        raise DataError(f"{label}:{line}: invalid UTF-8; the whole JSON file cannot be read") from None
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise DataError(f"{label}:{error.lineno}: invalid JSON: {error.msg} (column {error.colno})") from None
-    if isinstance(document, dict) and isinstance(document.get("data"), list):
-        document = document["data"]
-    if not isinstance(document, list):
-        raise DataError(
-            f'{label}: expected a JSON list of objects or {{"data": [...]}}, got {type(document).__name__}'
-        )
-    for index, values in enumerate(document):
-        location = f"{label}:row {index + 1}"
-        if isinstance(values, dict):
-            yield _Record(location, index, values)
-        else:
-            detail = f"expected a JSON object, got {type(values).__name__}"
-            yield _unreadable(location, index, "not an object", detail)
-
-
-def _has_undecodable_bytes(text: str) -> bool:
-    """Bytes that were not UTF-8 survive ``errors="surrogateescape"`` as lone surrogates."""
-    return any("\udc80" <= char <= "\udcff" for char in text)
-
-
-def _read_csv(path: Path, label: str, required_columns: dict[str, str]) -> Iterator[_Record]:
-    raw = path.read_bytes()
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    reader = csv.reader(io.StringIO(raw.decode("utf-8", errors="surrogateescape"), newline=""))
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise DataError(f"{label}: empty CSV file (expected a header row)") from None
-    if _has_undecodable_bytes("".join(header)):
-        raise DataError(f"{label}:1: invalid UTF-8 in the header row")
-    _check_columns(label, header, required_columns)
-    index = 0
-    while True:
-        start_line = reader.line_num + 1
-        try:
-            cells = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as error:
-            raise DataError(f"{label}:{start_line}: unreadable CSV: {error}") from None
-        if not cells or not any(cell.strip() for cell in cells):
-            continue
-        location = f"{label}:{start_line}"
-        if _has_undecodable_bytes("".join(cells)):
-            yield _unreadable(location, index, "invalid UTF-8", "invalid UTF-8")
-        elif len(cells) != len(header):
-            detail = f"{len(cells)} cells but the header has {len(header)}"
-            yield _unreadable(location, index, "malformed CSV row", detail)
-        else:
-            yield _Record(location, index, dict(zip(header, cells)))
-        index += 1
-
-
-def _read_parquet(path: Path, label: str, required_columns: dict[str, str]) -> Iterator[_Record]:
-    import pyarrow.parquet
-
-    try:
-        table = pyarrow.parquet.read_table(path)
-    except Exception as error:  # pyarrow raises several types for a corrupt or foreign file
-        raise DataError(f"{label}: not a readable Parquet file ({error})") from error
-    _check_columns(label, table.column_names, required_columns)
-    for index, values in enumerate(table.to_pylist()):
-        yield _Record(f"{label}:row {index + 1}", index, values)
-
-
-def _read_hub(name: str, split: str | None, required_columns: dict[str, str]) -> tuple[Iterator[_Record], str]:
-    """Rows of a hub dataset and the stem for derived ids. Every failure becomes a DataError."""
-    import datasets
-
-    try:
-        loaded = datasets.load_dataset(name, split=split)
-    except Exception as error:  # offline, unknown name, unknown split, gated: all one story to the user
-        where = f" split {split!r}" if split is not None else ""
-        raise DataError(
-            f"{name}: not a local file, and loading it as a Hugging Face hub dataset{where} failed: {error}"
-        ) from error
-    if isinstance(loaded, datasets.DatasetDict):
-        if len(loaded) != 1:
-            raise DataError(f"{name}: the dataset has splits {sorted(loaded)}; pass split= to choose one")
-        split, loaded = next(iter(loaded.items()))
-    _check_columns(name, loaded.column_names, required_columns)
-    label = f"{name}[{split}]"
-    records = (_Record(f"{label}:row {index + 1}", index, values) for index, values in enumerate(loaded))
-    return records, f"{name.rstrip('/').split('/')[-1]}-{split}"
-
-
-def _check_columns(label: str, available: Iterable[str], required_columns: dict[str, str]) -> None:
-    """Whole-file check for sources with a header or schema: every column we need is there."""
-    available = list(available)
-    missing = [
-        f"'{column}' (for field '{field}')"
-        for field, column in required_columns.items()
-        if column not in available
-    ]
-    if missing:
-        raise DataError(
-            f"{label}: column {', '.join(missing)} not found; available columns: {', '.join(available)}. "
-            "Map fields to columns with columns={'problem': ..., 'solution': ...}"
-        )
 
 
 def _text_field(values: Mapping[str, Any], column: str, field: str, location: str) -> str | BadRow | None:
@@ -329,7 +156,7 @@ def _difficulty(value: Any, location: str) -> int | BadRow | None:
 
 
 def _validated(
-    record: _Record, columns: dict[str, str], id_stem: str, require_solution: bool = True
+    record: RawRow, columns: dict[str, str], id_stem: str, require_solution: bool = True
 ) -> Problem | list[BadRow]:
     """The Problem in ``record``, or every bad field in it (departures 1-3 and 5 in the module
     docstring)."""
@@ -371,16 +198,6 @@ def _validated(
         answer=(text["answer"] or extract_boxed(solution) or "").strip(),
         difficulty=difficulty,
         source=text["source"],
-    )
-
-
-def _is_local(source: str | os.PathLike[str]) -> bool:
-    if not isinstance(source, str):
-        return True
-    return (
-        os.path.exists(source)
-        or source.lower().endswith(_SUFFIXES)
-        or source.startswith(("/", ".", "~"))
     )
 
 
@@ -426,7 +243,7 @@ def load_problems_with_report(
     required = {field: column_map[field] for field in needed}
     required.update({field: column for field, column in (columns or {}).items()})
 
-    if _is_local(source):
+    if is_local(source):
         path = Path(os.path.expanduser(source))
         label = str(source)
         if split is not None:
@@ -434,22 +251,22 @@ def load_problems_with_report(
         if not path.exists():
             raise DataError(f"{label}: file not found")
         if path.is_dir():
-            raise DataError(f"{label}: is a directory; pass one {'/'.join(_SUFFIXES)} file")
+            raise DataError(f"{label}: is a directory; pass one {'/'.join(SUFFIXES)} file")
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
-            records: Iterable[_Record] = _read_jsonl(path, label)
+            records: Iterable[RawRow] = read_jsonl(path, label)
         elif suffix == ".json":
-            records = _read_json(path, label)
+            records = read_json(path, label)
         elif suffix == ".csv":
-            records = _read_csv(path, label, required)
+            records = read_csv(path, label, required)
         elif suffix == ".parquet":
-            records = _read_parquet(path, label, required)
+            records = read_parquet(path, label, required)
         else:
-            raise DataError(f"{label}: unsupported file type {suffix!r}; use one of {', '.join(_SUFFIXES)}")
+            raise DataError(f"{label}: unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
         id_stem = path.stem
     else:
         label = source
-        records, id_stem = _read_hub(source, split, required)
+        records, id_stem = read_hub(source, split, required)
 
     problems: list[Problem] = []
     bad_rows: list[BadRow] = []
@@ -502,22 +319,11 @@ def load_problems(
 
 
 def write_problems(path: str | os.PathLike[str], problems: Iterable[Problem]) -> None:
-    """Write ``problems`` as JSONL (one object per line, every field, UTF-8), atomically: into a
-    temporary file beside ``path``, then ``os.replace``, so a reader never sees half a file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``problems`` as JSONL (one object per line, every field, UTF-8), atomically
+    (`atesd.atomic`): a reader never sees half a file."""
     lines = []
     for problem in problems:
         if not isinstance(problem, Problem):
             raise TypeError(f"write_problems expects Problem records, got {type(problem).__name__}")
         lines.append(json.dumps(asdict(problem), ensure_ascii=False) + "\n")
-    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as handle:
-            handle.writelines(lines)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic.write_text(path, "".join(lines))

@@ -46,16 +46,16 @@ class DivergenceSpec:
 
     kind: "forward_kl" = KL(p_T ‖ p_S), teacher ‖ student (OPSD default); "reverse_kl" =
         KL(p_S ‖ p_T); "jsd" = generalised JSD(beta) (see the module docstring, point 1).
-    beta: the JSD mixture weight on the teacher, in [0, 1]; ignored by the two KL kinds.
-    clip: τ_clip; every per-vocabulary-entry term is capped at this value before the sum
+    jsd_beta: the JSD mixture weight on the teacher, in [0, 1]; ignored by the two KL kinds.
+    token_clip: τ_clip; every per-vocabulary-entry term is capped at this value before the sum
         (OPSD v3 uses 0.05 for 1.7B/4B, 0.06 for 8B). None disables the cap.
     temperature: both logits are divided by it before the softmax (OPSD: 1.1).
     top_k: None for the full vocabulary; k for the teacher's top-k entries plus a tail bucket.
     """
 
     kind: DivergenceKind = "forward_kl"
-    beta: float = 0.5
-    clip: float | None = None
+    jsd_beta: float = 0.5
+    token_clip: float | None = None
     temperature: float = 1.0
     top_k: int | None = None
 
@@ -63,12 +63,12 @@ class DivergenceSpec:
         kinds = get_args(DivergenceKind)
         if self.kind not in kinds:
             raise ValueError(f"kind must be one of {kinds}, got {self.kind!r}")
-        if not 0.0 <= self.beta <= 1.0:
+        if not 0.0 <= self.jsd_beta <= 1.0:
             raise ValueError(
-                f"beta must be in [0, 1], got {self.beta} (0 = forward KL, 1 = reverse KL)"
+                f"jsd_beta must be in [0, 1], got {self.jsd_beta} (0 = forward KL, 1 = reverse KL)"
             )
-        if self.clip is not None and not self.clip > 0:
-            raise ValueError(f"clip must be > 0 or None (no cap), got {self.clip}")
+        if self.token_clip is not None and not self.token_clip > 0:
+            raise ValueError(f"token_clip must be > 0 or None (no cap), got {self.token_clip}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
@@ -152,8 +152,8 @@ def token_divergence(
     student_logits: Tensor,
     teacher_logits: Tensor,
     kind: DivergenceKind = "forward_kl",
-    beta: float = 0.5,
-    clip: float | None = None,
+    jsd_beta: float = 0.5,
+    token_clip: float | None = None,
     temperature: float = 1.0,
     mask: Tensor | None = None,
     top_k: int | None = None,
@@ -164,11 +164,11 @@ def token_divergence(
     float32 or wider). mask: [N] or [B, T] bool, True where the token counts.
     Returns [N] or [B, T] in the compute dtype; masked positions are 0 and get no gradient (their
     logits are never read, so padding may hold anything). Gradients flow to `student_logits` only.
-    See `DivergenceSpec` for kind, beta, clip, temperature and top_k. The forward keeps the
+    See `DivergenceSpec` for kind, jsd_beta, token_clip, temperature and top_k. The forward keeps the
     [N, V] gradient for the backward: for long rollouts with a large vocabulary use
     `chunked_divergence`.
     """
-    spec = DivergenceSpec(kind=kind, beta=beta, clip=clip, temperature=temperature, top_k=top_k)
+    spec = DivergenceSpec(kind=kind, jsd_beta=jsd_beta, token_clip=token_clip, temperature=temperature, top_k=top_k)
     if student_logits.shape != teacher_logits.shape or student_logits.dim() not in (2, 3):
         raise ValueError(
             "student_logits and teacher_logits must share a shape [N, V] or [B, T, V], got "
@@ -274,29 +274,29 @@ def _divergence_over_support(
                                                           + (1−β)(term_S + p_S (1 − r))·active_S
     """
     a, b = student_logprobs, teacher_logprobs
-    forward = spec.kind == "forward_kl" or (spec.kind == "jsd" and spec.beta == 0.0)
-    reverse = spec.kind == "reverse_kl" or (spec.kind == "jsd" and spec.beta == 1.0)
+    forward = spec.kind == "forward_kl" or (spec.kind == "jsd" and spec.jsd_beta == 0.0)
+    reverse = spec.kind == "reverse_kl" or (spec.kind == "jsd" and spec.jsd_beta == 1.0)
     if forward:
         p_t = b.exp()
         terms = (b - a).mul_(p_t)
-        value, any_clipped, active = _capped_sum(terms, spec.clip)
+        value, any_clipped, active = _capped_sum(terms, spec.token_clip)
         grad = _masked(p_t.neg_(), active) if with_grad else None
         return value, any_clipped, grad
     if reverse:
         p_s = a.exp()
         terms = (a - b).mul_(p_s)
-        value, any_clipped, active = _capped_sum(terms, spec.clip)
+        value, any_clipped, active = _capped_sum(terms, spec.token_clip)
         grad = _masked(terms.add_(p_s), active) if with_grad else None
         return value, any_clipped, grad
-    beta = spec.beta
+    beta = spec.jsd_beta
     log_mixture = torch.logaddexp(b + math.log(beta), a + math.log1p(-beta))
     p_t, p_s = b.exp(), a.exp()
     # The teacher's terms are not needed for the gradient: let them go right after the sum.
     teacher_value, teacher_clipped, teacher_active = _capped_sum(
-        (b - log_mixture).mul_(p_t), spec.clip
+        (b - log_mixture).mul_(p_t), spec.token_clip
     )
     student_terms = (a - log_mixture).mul_(p_s)
-    student_value, student_clipped, student_active = _capped_sum(student_terms, spec.clip)
+    student_value, student_clipped, student_active = _capped_sum(student_terms, spec.token_clip)
     value = beta * teacher_value + (1.0 - beta) * student_value
     grad = None
     if with_grad:

@@ -90,8 +90,8 @@ def chunked_divergence(
     lm_head_weight: Tensor,
     *,
     kind: DivergenceKind = "forward_kl",
-    beta: float = 0.5,
-    clip: float | None = None,
+    jsd_beta: float = 0.5,
+    token_clip: float | None = None,
     temperature: float = 1.0,
     top_k: int | None = None,
     mask: Tensor | None = None,
@@ -109,14 +109,14 @@ def chunked_divergence(
         the same tensors, detached (self-distillation: one model, and a frozen teacher made by
         disabling a LoRA adapter shares the head); pass `teacher_lm_head_weight` /
         `teacher_lm_head_bias` for a separate teacher copy. The teacher never receives gradients.
-    kind, beta, clip, temperature, top_k: see `divergence.DivergenceSpec`.
+    kind, jsd_beta, token_clip, temperature, top_k: see `divergence.DivergenceSpec`.
     mask: [N] bool, True where the token counts; masked tokens give 0 and no gradient.
     chunk_size: tokens per chunk; the largest tensor alive is about chunk_size × V.
     token_weights: [N], optional speed hint: the weights the caller's loss puts on each
         token's divergence. Gradients are exact without it (module docstring, point 2).
     Student logits are computed in the weights' dtype, the divergence in float32 or wider.
     """
-    spec = DivergenceSpec(kind=kind, beta=beta, clip=clip, temperature=temperature, top_k=top_k)
+    spec = DivergenceSpec(kind=kind, jsd_beta=jsd_beta, token_clip=token_clip, temperature=temperature, top_k=top_k)
     tokens, hidden_size = student_hidden.shape if student_hidden.dim() == 2 else (-1, -1)
     if teacher_hidden.shape != (tokens, hidden_size) or lm_head_weight.dim() != 2 or (
         lm_head_weight.shape[1] != hidden_size

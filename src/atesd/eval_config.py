@@ -26,21 +26,22 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Literal, Mapping, Optional
 
 from omegaconf import OmegaConf
 
-from atesd.config import ConfigError, merge_into, merge_yaml_file
+from atesd import atomic
+from atesd.config import ConfigError, check_choices, merge_into, merge_yaml_file
 
 PROBLEMS_FILE = "problems.jsonl"
 CONFIG_FILE = "eval_config.yaml"
-_DTYPES = ("float32", "bfloat16", "float16")
 _COLUMN_FIELDS = ("id", "problem", "solution", "answer", "difficulty", "source")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """One evaluation: which model, which problems, how to sample. Fields mirror `run_eval`."""
+    """One evaluation: which model, which problems, how to sample (`atesd.evaluate.run_eval` takes
+    it; the `atesd eval` flags override its fields and show these defaults)."""
 
     model: Optional[str] = None  # local model directory or hub id (usually given with --model)
     data: Optional[str] = None  # problem file (JSONL/JSON/CSV/Parquet) or hub dataset name
@@ -55,11 +56,30 @@ class EvalConfig:
     seed: int = 0
     limit: Optional[int] = None  # the first N problems only
     thinking: bool = False  # the student prompt's enable_thinking
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     batch_size: int = 64  # samples per generation call
     device: Optional[str] = None  # None: cuda when available, else cpu
     score_workers: Optional[int] = None  # answer-checking processes (None: default pool; 0: in-process)
     write_samples: bool = True  # also write samples.jsonl
+
+    def __post_init__(self) -> None:
+        """Range checks; each message names the key."""
+        check_choices(self, "eval")
+        checks = (
+            (self.k >= 1, f"k must be >= 1, got {self.k}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
+            (self.limit is None or self.limit >= 1, f"limit must be >= 1 (or null for all problems), got {self.limit}"),
+            (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+            (self.top_k >= 0, f"top_k must be >= 0 (0 disables it), got {self.top_k}"),
+            (not set(self.columns) - set(_COLUMN_FIELDS),
+             f"columns: unknown field(s) {sorted(set(self.columns) - set(_COLUMN_FIELDS))}; the fields are "
+             f"{list(_COLUMN_FIELDS)}"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
 
 
 def load_eval_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> EvalConfig:
@@ -76,34 +96,9 @@ def load_eval_config(path: str | Path | None = None, overrides: Mapping[str, Any
     if overrides:
         conf = merge_into(conf, OmegaConf.create(overrides), "command line", EvalConfig)
     try:
-        cfg = OmegaConf.to_object(conf)
+        return OmegaConf.to_object(conf)
     except (ValueError, TypeError) as err:
         raise ConfigError(str(err)) from None
-    validate_eval_config(cfg)
-    return cfg
-
-
-def validate_eval_config(cfg: EvalConfig) -> None:
-    """Range checks; each message names the key."""
-    if cfg.k < 1:
-        raise ConfigError(f"k must be >= 1, got {cfg.k}")
-    if cfg.batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
-    if cfg.max_new_tokens < 1:
-        raise ConfigError(f"max_new_tokens must be >= 1, got {cfg.max_new_tokens}")
-    if cfg.limit is not None and cfg.limit < 1:
-        raise ConfigError(f"limit must be >= 1 (or null for all problems), got {cfg.limit}")
-    if cfg.temperature < 0:
-        raise ConfigError(f"temperature must be >= 0, got {cfg.temperature}")
-    if not 0 < cfg.top_p <= 1:
-        raise ConfigError(f"top_p must be in (0, 1], got {cfg.top_p}")
-    if cfg.top_k < 0:
-        raise ConfigError(f"top_k must be >= 0 (0 disables it), got {cfg.top_k}")
-    if cfg.dtype not in _DTYPES:
-        raise ConfigError(f"dtype={cfg.dtype!r} is not one of {', '.join(_DTYPES)}")
-    unknown = sorted(set(cfg.columns) - set(_COLUMN_FIELDS))
-    if unknown:
-        raise ConfigError(f"columns: unknown field(s) {unknown}; the fields are {list(_COLUMN_FIELDS)}")
 
 
 def check_complete(cfg: EvalConfig) -> None:
@@ -138,11 +133,10 @@ def prepare_eval_dir(cfg: EvalConfig) -> Path:
         raise ConfigError(f"data={cfg.data!r}: {err}") from None
     problems = problems[:cfg.limit] if cfg.limit is not None else problems
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / PROBLEMS_FILE
     write_problems(path, [dataclasses.replace(p, solution=_stand_in_solution(p)) for p in problems])
-    (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    atomic.write_text(out / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     return path
 
 
-__all__ = ["EvalConfig", "load_eval_config", "validate_eval_config", "check_complete", "prepare_eval_dir"]
+__all__ = ["EvalConfig", "load_eval_config", "check_complete", "prepare_eval_dir"]

@@ -23,15 +23,16 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from atesd import atomic
 from atesd.answers import extract_boxed, score_batch
+from atesd.eval_config import EvalConfig
 from atesd.prompts import PromptConfig, student_prompt
-from atesd.rollout.base import Rollout, RolloutEngine, SamplingParams
+from atesd.rollout import Rollout, RolloutEngine, SamplingParams, make_rollout_engine
 
 EVAL_JSON = "eval.json"
 EVAL_MARKDOWN = "eval.md"
@@ -175,9 +176,9 @@ class EvalReport:
         out.mkdir(parents=True, exist_ok=True)
         if samples:
             lines = "".join(json.dumps(asdict(record), ensure_ascii=False) + "\n" for record in self.samples)
-            _write_atomic(out / SAMPLES_JSONL, lines)
+            atomic.write_text(out / SAMPLES_JSONL, lines)
         path = out / EVAL_JSON
-        _write_atomic(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        atomic.write_json(path, self.to_dict())
         return path
 
     def to_markdown(self) -> str:
@@ -205,20 +206,8 @@ class EvalReport:
     def save(self, out_dir: str | os.PathLike, samples: bool = True) -> Path:
         """eval.json (+ samples.jsonl) and eval.md into out_dir; returns the eval.json path."""
         path = self.to_json(out_dir, samples=samples)
-        _write_atomic(Path(out_dir) / EVAL_MARKDOWN, self.to_markdown())
+        atomic.write_text(Path(out_dir) / EVAL_MARKDOWN, self.to_markdown())
         return path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _difficulty_key(difficulty) -> str:
@@ -305,7 +294,7 @@ def evaluate(
 ) -> EvalReport:
     """k completions per problem from `model` (student prompt), judged by atesd.answers.score_batch.
 
-    engine: a rollout engine to sample with (default: HFRolloutEngine(model, tokenizer, batch_size));
+    engine: a rollout engine to sample with (default: the HF engine over `model`, batch_size prompts per call);
     generation runs in chunks of batch_size samples (progress bar over samples).
     score_workers: passed to score_batch (None: its default pool; 0: in-process).
     """
@@ -319,9 +308,7 @@ def evaluate(
         raise ValueError(f"evaluate: problem id {duplicate!r} occurs more than once")
     prompt_cfg = prompt_cfg if prompt_cfg is not None else PromptConfig()
     if engine is None:
-        from atesd.rollout.hf import HFRolloutEngine
-
-        engine = HFRolloutEngine(model, tokenizer, batch_size=batch_size)
+        engine = make_rollout_engine("hf", model, tokenizer, batch_size=batch_size)
 
     prompts = []
     for problem in problems:
@@ -360,69 +347,22 @@ def evaluate(
     return aggregate(problems, records, k, sampling=asdict(sampling), meta=meta)
 
 
-def run_eval(
-    model_path: str | os.PathLike,
-    data_path: str,
-    k: int = 8,
-    out_dir: str | os.PathLike = "eval",
-    split: str | None = None,
-    max_new_tokens: int = 1024,
-    temperature: float = 0.6,
-    top_p: float = 0.95,
-    top_k: int = 20,
-    seed: int = 0,
-    limit: int | None = None,
-    thinking: bool = False,
-    dtype: str = "float32",
-    batch_size: int = 64,
-    device: str | None = None,
-    progress: bool = True,
-    score_workers: int | None = None,
-    write_samples: bool = True,
-) -> EvalReport:
-    """Load a saved model (offline, safetensors, no remote code) and problems, evaluate, and write
-    eval.json, eval.md (and samples.jsonl) into out_dir. Returns the report.
-
-    data_path/split: as atesd.data.load_problems; limit: the first `limit` problems only.
-    thinking: the student's `enable_thinking`. dtype: a torch dtype name ("float32", "bfloat16").
-    device: default "cuda" when available, else "cpu".
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalReport:
+    """Load cfg's model (offline, safetensors, no remote code) and problems (the first `limit`),
+    evaluate, and write eval.json, eval.md (and samples.jsonl) into `cfg.out_dir`. Returns the report.
+    `thinking` is the student's `enable_thinking`; `device` defaults to cuda when available."""
     from atesd.data import load_problems
+    from atesd.models import load_pretrained
 
-    torch_dtype = getattr(torch, dtype, None)
-    if not isinstance(torch_dtype, torch.dtype):
-        raise ValueError(f"run_eval: unknown dtype {dtype!r} (use e.g. float32, bfloat16, float16)")
-    if limit is not None and limit < 1:
-        raise ValueError(f"run_eval: limit must be >= 1, got {limit}")
-    sampling = SamplingParams(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed
-    )
-    problems = load_problems(data_path, split=split)
-    if limit is not None:
-        problems = problems[:limit]
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True, trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path, dtype=torch_dtype, local_files_only=True, trust_remote_code=False, use_safetensors=True
-    ).to(device)
-    meta = dict(
-        model=str(model_path), data=str(data_path), split=split, limit=limit, thinking=thinking, dtype=dtype,
-        batch_size=batch_size, device=device,
-    )
-    report = evaluate(
-        model,
-        tokenizer,
-        problems,
-        k=k,
-        sampling=sampling,
-        prompt_cfg=PromptConfig(student_thinking=thinking),
-        batch_size=batch_size,
-        progress=progress,
-        score_workers=score_workers,
-        meta=meta,
-    )
-    report.save(out_dir, samples=write_samples)
+    problems = load_problems(cfg.data, split=cfg.split, columns=cfg.columns or None)
+    problems = problems[: cfg.limit] if cfg.limit is not None else problems
+    model, tokenizer = load_pretrained(cfg.model, cfg.dtype, cfg.device)
+    sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                              top_k=cfg.top_k, seed=cfg.seed)
+    meta = dict(model=str(cfg.model), data=str(cfg.data), split=cfg.split, limit=cfg.limit, thinking=cfg.thinking,
+                dtype=cfg.dtype, batch_size=cfg.batch_size, device=str(next(model.parameters()).device))
+    report = evaluate(model, tokenizer, problems, k=cfg.k, sampling=sampling,
+                      prompt_cfg=PromptConfig(student_thinking=cfg.thinking), batch_size=cfg.batch_size,
+                      progress=progress, score_workers=cfg.score_workers, meta=meta)
+    report.save(cfg.out_dir, samples=cfg.write_samples)
     return report

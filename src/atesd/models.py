@@ -10,9 +10,14 @@ config turns it on. Nothing here reaches the network unless the user names a hub
 
 from __future__ import annotations
 
+import copy
+import shutil
+from pathlib import Path
+
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from atesd import atomic
 from atesd.config import ModelConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -68,3 +73,23 @@ def is_lora(model) -> bool:
 def output_head(model) -> torch.nn.Module:
     """The lm_head projecting final hidden states to vocabulary logits."""
     return model.get_output_embeddings()
+
+
+def save_trained(model, tokenizer, directory: str | Path, extra_json: dict[str, dict] | None = None) -> Path:
+    """The trained model as an ordinary Hugging Face directory, written atomically (a staging folder,
+    then a rename), with `extra_json` files (name → content) inside. A LoRA run saves the adapter in
+    `adapter/` and the merged weights at the top, so `atesd eval` loads it like any model."""
+    directory = Path(directory)
+    staging = atomic.staging_dir(directory, "saving")
+    try:
+        if is_lora(model):
+            model.save_pretrained(staging / "adapter", safe_serialization=True)
+            copy.deepcopy(model).merge_and_unload().save_pretrained(staging, safe_serialization=True)
+        else:
+            model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        for name, payload in (extra_json or {}).items():
+            atomic.write_json(staging / name, payload)
+        return atomic.replace_dir(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -9,7 +9,9 @@
 
 Every objective returns the loss summed over its micro-batch's rollouts, each rollout's token mean
 weighted by `1 / rollouts_per_process`, so the optimizer step does not depend on how the batch is
-split into micro-batches (the loop checks that invariant in its tests).
+split into micro-batches (the loop checks that invariant in its tests), and a `LossStats` of
+detached per-token tensors, from which the loop builds its metrics and the exposure controller's
+signals (`atesd.metrics`).
 
 Departures: 1. GRPO uses each batch for one update, so the importance ratio is 1 and its clip never
 binds (kept in the formula for when rollouts are reused). 2. The sampled-token divergence uses the
@@ -21,40 +23,54 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from atesd.config import LossConfig
-from atesd.divergence import compute_dtype, sampled_token_loss
+from atesd.divergence import sampled_token_loss
 from atesd.divergence_chunked import chunked_divergence
-from atesd.teacher import SequenceBatch, Teacher, check_same_completions, completion_hidden
+from atesd.scoring import SequenceBatch, check_same_completions, completion_hidden, token_logprobs
+from atesd.teacher import Teacher
 
 
-def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor,
-                   temperature: float = 1.0, chunk_size: int = 1024) -> torch.Tensor:
-    """log p(ids_n) from hidden [N, H] and head weight [V, H], chunk by chunk: [N].
+@dataclass(frozen=True)
+class LossStats:
+    """What one micro-batch's objective measured; detached tensors on the compute device.
 
-    Each chunk is recomputed in the backward (activation checkpointing), so at most
-    [chunk_size, V] logits are alive at once.
+    per_token [N]: the per-token loss term (the divergence D for distillation, the NLL for SFT, the
+        GRPO surrogate plus its KL term), over the N completion tokens; 0 where not counted.
+    mask [N] bool: the tokens counted in the loss (all but `loss.skip_first_tokens`).
+    token_rollout [N], completion_lengths: which rollout each token belongs to, rollout lengths.
+    top1_disagreement, student_entropy, teacher_entropy, clip_fraction [N]: per token, from the
+        full-vocabulary divergence only (None for the sampled-token divergence, SFT and GRPO).
     """
 
-    def chunk_logprobs(h, w, t):
-        logits = h @ w.t()
-        logits = logits.to(compute_dtype(logits.dtype)) / temperature
-        return logits.gather(-1, t[:, None]).squeeze(-1) - logits.logsumexp(-1)
+    per_token: torch.Tensor
+    mask: torch.Tensor
+    token_rollout: torch.Tensor
+    completion_lengths: tuple[int, ...]
+    top1_disagreement: torch.Tensor | None = None
+    student_entropy: torch.Tensor | None = None
+    teacher_entropy: torch.Tensor | None = None
+    clip_fraction: torch.Tensor | None = None
 
-    parts = []
-    for start in range(0, hidden.shape[0], chunk_size):
-        sl = slice(start, start + chunk_size)
-        if hidden.requires_grad or weight.requires_grad:
-            parts.append(checkpoint(chunk_logprobs, hidden[sl], weight, ids[sl], use_reentrant=False))
-        else:
-            parts.append(chunk_logprobs(hidden[sl], weight, ids[sl]))
-    return torch.cat(parts) if parts else hidden.new_zeros(0)
+    @classmethod
+    def of(cls, per_token: torch.Tensor, mask: torch.Tensor, batch: SequenceBatch, out=None) -> LossStats:
+        """From per-token values on `batch` (and a `DivergenceOutput` for the divergence's extras)."""
+        extras = {}
+        if out is not None:
+            extras = dict(top1_disagreement=(~out.top1_agree).float(), student_entropy=out.student_entropy,
+                          teacher_entropy=out.teacher_entropy, clip_fraction=out.clip_fraction)
+        return cls(per_token.detach(), mask, batch.token_rollout, batch.completion_lengths, **extras)
+
+    def per_rollout(self) -> torch.Tensor:
+        """[B] each rollout's mean of per_token over its completion tokens."""
+        sums = self.per_token.new_zeros(len(self.completion_lengths)).index_add_(0, self.token_rollout, self.per_token)
+        lengths = torch.tensor(self.completion_lengths, device=sums.device, dtype=sums.dtype).clamp(min=1)
+        return sums / lengths
 
 
 def per_rollout_weights(batch: SequenceBatch, rollouts_per_process: int, skip_first: int = 0) -> torch.Tensor:
     """[N] weight of each token in the loss: 1 / (|ŷ_i| · rollouts_per_process), 0 on skipped tokens."""
-    weights, mask = [], []
+    weights = []
     for length in batch.completion_lengths:
         kept = max(length - skip_first, 0)
         w = 1.0 / (max(kept, 1) * rollouts_per_process)
@@ -75,17 +91,6 @@ class StepViews:
     teacher: SequenceBatch | None = None
     rewards: torch.Tensor | None = None
     group_size: int = 1
-
-
-def _token_mean_by_rollout(values: torch.Tensor, batch: SequenceBatch) -> torch.Tensor:
-    n = len(batch.completion_lengths)
-    sums = values.new_zeros(n).index_add_(0, batch.token_rollout, values)
-    lengths = torch.tensor(batch.completion_lengths, device=values.device, dtype=values.dtype).clamp(min=1)
-    return sums / lengths
-
-
-def _quantile(values: torch.Tensor, q: float) -> float:
-    return float(torch.quantile(values.float(), q)) if values.numel() else 0.0
 
 
 class Distill:
@@ -112,14 +117,14 @@ class Distill:
                 teacher_lp = token_logprobs(teacher_hidden, teacher_head, ids, cfg.temperature, cfg.chunk_size)
             loss = (sampled_token_loss(student_lp, teacher_lp, mask) * weights).sum()
             per_token = (student_lp.detach() - teacher_lp) * mask  # reverse-KL estimate, for metrics
-            return loss, self._stats(per_token, mask, views.student, None)
+            return loss, LossStats.of(per_token, mask, views.student)
         out = chunked_divergence(
             student_hidden,
             teacher_hidden,
             head.weight,
             kind=cfg.divergence,
-            beta=cfg.jsd_beta,
-            clip=cfg.token_clip,
+            jsd_beta=cfg.jsd_beta,
+            token_clip=cfg.token_clip,
             temperature=cfg.temperature,
             top_k=cfg.top_k,
             mask=mask,
@@ -128,21 +133,7 @@ class Distill:
             token_weights=weights,
         )
         loss = (out.divergence * weights).sum()
-        return loss, self._stats(out.divergence.detach(), mask, views.student, out)
-
-    @staticmethod
-    def _stats(per_token, mask, batch: SequenceBatch, out) -> dict:
-        kept = per_token[mask]
-        stats = {
-            "per_rollout_divergence": _token_mean_by_rollout(per_token, batch).tolist(),
-            "divergence_tokens": kept.tolist(),
-        }
-        if out is not None:
-            stats["top1_disagreement"] = (1.0 - out.top1_agree[mask].float()).tolist()
-            stats["student_entropy"] = out.student_entropy[mask].tolist()
-            stats["teacher_entropy"] = out.teacher_entropy[mask].tolist()
-            stats["clip_fraction"] = out.clip_fraction[mask].tolist()
-        return stats
+        return loss, LossStats.of(out.divergence, mask, views.student, out)
 
 
 class Supervised:
@@ -160,8 +151,7 @@ class Supervised:
         logp = token_logprobs(hidden, head.weight, views.student.target_ids, 1.0, self.cfg.chunk_size)
         nll = -logp
         loss = (nll * weights).sum()
-        return loss, {"per_rollout_divergence": _token_mean_by_rollout(nll.detach(), views.student).tolist(),
-                      "divergence_tokens": nll.detach().tolist()}
+        return loss, LossStats.of(nll, weights > 0, views.student)
 
 
 class GroupRelative:
@@ -182,9 +172,10 @@ class GroupRelative:
         weights = per_rollout_weights(batch, rollouts_per_process)
         hidden = completion_hidden(policy, batch)
         logp = token_logprobs(hidden, head.weight, batch.target_ids, self.cfg.temperature, self.cfg.chunk_size)
-        ratio = torch.exp(logp - logp.detach())
+        importance_ratio = torch.exp(logp - logp.detach())
         adv = advantages[batch.token_rollout]
-        surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - self.clip_eps, 1 + self.clip_eps) * adv)
+        surrogate = torch.minimum(importance_ratio * adv,
+                                  importance_ratio.clamp(1 - self.clip_eps, 1 + self.clip_eps) * adv)
         per_token = -surrogate
         if self.kl_coef > 0:
             with torch.no_grad():
@@ -193,8 +184,7 @@ class GroupRelative:
             delta = ref - logp
             per_token = per_token + self.kl_coef * (torch.exp(delta) - delta - 1)
         loss = (per_token * weights).sum()
-        return loss, {"per_rollout_divergence": _token_mean_by_rollout(per_token.detach(), batch).tolist(),
-                      "divergence_tokens": per_token.detach().tolist()}
+        return loss, LossStats.of(per_token, weights > 0, batch)
 
 
 def make_objective(cfg: LossConfig):

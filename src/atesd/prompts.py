@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from atesd.reveal import reveal
+
 DEFAULT_STUDENT_TEMPLATE = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 
 DEFAULT_TEACHER_TEMPLATE = (
@@ -117,6 +119,12 @@ def student_prompt(tokenizer, problem: str, cfg: PromptConfig) -> list[int]:
 def teacher_prompt(tokenizer, problem: str, revealed: str, cfg: PromptConfig) -> list[int]:
     """Token ids of the teacher prompt p_T^α(·|x, ỹ*_α); ends with the student's assistant prefix."""
     return _encode(tokenizer, teacher_text(tokenizer, problem, revealed, cfg))
+
+
+def teacher_view(tokenizer, problem, reveal_ratio: float, cfg: PromptConfig) -> list[int]:
+    """The teacher prompt of a problem (an `atesd.data.Problem`) at reveal ratio α: the problem x and
+    ỹ*_α = reveal(y*, α). The one place a teacher view is built."""
+    return teacher_prompt(tokenizer, problem.problem, reveal(problem.solution, reveal_ratio), cfg)
 
 
 def reference_completion(solution: str, tokenizer=None) -> str:

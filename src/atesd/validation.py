@@ -8,7 +8,6 @@ takes part (sharded models need that) and none repeats another's work.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from accelerate.utils import gather_object
@@ -18,10 +17,14 @@ from atesd.evaluate import evaluate
 from atesd.rollout.base import SamplingParams
 
 
+def load_validation_problems(cfg) -> list:
+    """The first `validation.max_problems` problems of `data.val` (loaded before any model)."""
+    return load_problems(cfg.data.val, on_bad_row=cfg.data.on_bad_row)[: cfg.validation.max_problems]
+
+
 class Validator:
-    def __init__(self, cfg, tokenizer, out: Path):
-        self.cfg, self.tokenizer, self.out = cfg, tokenizer, out
-        self.problems = load_problems(cfg.data.val, on_bad_row=cfg.data.on_bad_row)[: cfg.validation.max_problems]
+    def __init__(self, cfg, tokenizer, out: Path, problems: list):
+        self.cfg, self.tokenizer, self.out, self.problems = cfg, tokenizer, out, problems
         self.best = float("-inf")
         self.best_step = None
 
@@ -45,10 +48,8 @@ class Validator:
         if improved:
             self.best, self.best_step = accuracy, step + 1
             if accelerator.is_main_process:
-                save_model(self.out / "best")
-                (self.out / "best" / "validation.json").write_text(
-                    json.dumps({"step": self.best_step, "average_at_k": accuracy, "k": v.k,
-                                "n_problems": len(per_problem)}, indent=2) + "\n")
+                save_model(self.out / "best", {"validation.json": {
+                    "step": self.best_step, "average_at_k": accuracy, "k": v.k, "n_problems": len(per_problem)}})
         return {"eval/val_average_at_k": accuracy, "eval/val_best": self.best, "eval/val_improved": improved}
 
     def state_dict(self) -> dict:

@@ -26,7 +26,7 @@ def _signals(step: int, ratio: float, grounding: float | None = None) -> Trainin
     """Synthetic but deterministic signals of step t trained at ratio α."""
     return TrainingSignals(
         distill_loss=2.0 - 0.03 * step + 0.1 * math.sin(step) + 0.2 * ratio,
-        kl_mean=0.05 + 0.1 * ratio,
+        divergence_mean=0.05 + 0.1 * ratio,
         top1_disagreement=0.02 + 0.05 * ratio,
         probe_nll=1.5 - 0.01 * step + 0.02 * math.cos(3 * step),
         self_confidence=-0.4 - 0.01 * math.sin(step),

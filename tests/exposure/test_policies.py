@@ -19,7 +19,7 @@ from atesd.exposure import (
     make_exposure_policy,
 )
 
-SIGNALS = TrainingSignals(distill_loss=1.0, kl_mean=0.1, top1_disagreement=0.05, probe_nll=1.2,
+SIGNALS = TrainingSignals(distill_loss=1.0, divergence_mean=0.1, top1_disagreement=0.05, probe_nll=1.2,
                           self_confidence=-0.5, grounding_score=-1.0)
 
 

@@ -91,7 +91,7 @@ def test_lookahead_windows_with_hold_4_and_lookahead_8_use_losses_t0_to_t0_plus_
     credits, updates, decisions = [], [], []
     for step in range(37):
         policy.ratio_for_step(step)
-        signals = TrainingSignals(distill_loss=_loss(step), kl_mean=0.1, top1_disagreement=0.1,
+        signals = TrainingSignals(distill_loss=_loss(step), divergence_mean=0.1, top1_disagreement=0.1,
                                   probe_nll=None, self_confidence=-0.5,
                                   grounding_score=_score(step))
         for record in policy.observe(step, signals):
@@ -124,7 +124,7 @@ def test_one_step_reward_closes_each_decision_after_the_next_step():
     credits = []
     for step in range(9):
         policy.ratio_for_step(step)
-        signals = TrainingSignals(distill_loss=_loss(step), kl_mean=0.1, top1_disagreement=0.1,
+        signals = TrainingSignals(distill_loss=_loss(step), divergence_mean=0.1, top1_disagreement=0.1,
                                   probe_nll=None, self_confidence=-0.5, grounding_score=None)
         credits += [r for r in policy.observe(step, signals) if r["event"] == "credit"]
     # decisions at 0 and 4 close at 1 and 5; the update happens at step 5

@@ -10,7 +10,7 @@ from atesd.exposure import FEATURE_NAMES, ExposureStateTracker, TrainingSignals
 
 
 def _signals(loss: float, probe: float | None = None) -> TrainingSignals:
-    return TrainingSignals(distill_loss=loss, kl_mean=0.1, top1_disagreement=0.2, probe_nll=probe,
+    return TrainingSignals(distill_loss=loss, divergence_mean=0.1, top1_disagreement=0.2, probe_nll=probe,
                            self_confidence=-0.5, grounding_score=None)
 
 

@@ -35,6 +35,7 @@ from atesd.exposure.state import (
     N_FEATURES,
     ExposureStateTracker,
     TrainingSignals,
+    signals_from,
 )
 
 __all__ = [
@@ -60,4 +61,5 @@ __all__ = [
     "make_exposure_policy",
     "normalized_advantages",
     "one_step_progress",
+    "signals_from",
 ]

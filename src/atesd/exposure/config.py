@@ -13,12 +13,9 @@ Departures from the paper:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
-POLICIES = ("fixed", "random", "schedule", "learned")
-RANDOM_DISTRIBUTIONS = ("uniform", "beta")
-REWARDS = ("discounted", "one_step")
-PROGRESS_SIGNALS = ("distill_loss", "probe_nll")
+import typing
+from dataclasses import dataclass, fields
+from typing import Literal
 
 
 @dataclass
@@ -27,12 +24,12 @@ class ExposureConfig:
 
     # Which policy picks α: "fixed" (constant reveal_ratio), "random" (untrained, one draw per
     # hold window), "schedule" (linear schedule_start → schedule_end), "learned" (ATESD controller).
-    policy: str = "fixed"
+    policy: Literal["fixed", "random", "schedule", "learned"] = "fixed"
     # α for policy="fixed". 1.0 is OPSD (full reference), 0.0 shows only the final answer.
     reveal_ratio: float = 1.0
     # policy="random": "uniform" draws α ~ U[ratio_min, ratio_max]; "beta" draws α_raw ~ Beta(a, b)
     # and clips it to [ratio_min, ratio_max] (an untrained controller).
-    random_distribution: str = "uniform"
+    random_distribution: Literal["uniform", "beta"] = "uniform"
     # Beta shape a of policy="random" with random_distribution="beta".
     random_beta_a: float = 2.0
     # Beta shape b of policy="random" with random_distribution="beta".
@@ -55,10 +52,10 @@ class ExposureConfig:
     grounding_weight: float = 0.1
     # "discounted": G_lp over L steps (paper). "one_step": the immediate change ℓ_{t0} − ℓ_{t0+1}
     # and G_gt = g_{t0+1} (the paper's ablation row has grounding_weight=0 as well).
-    reward: str = "discounted"
+    reward: Literal["discounted", "one_step"] = "discounted"
     # ℓ_t, the loss whose decrease is rewarded: "distill_loss" (paper) or "probe_nll" (does not
     # depend on α, so the controller cannot earn reward by changing the loss it is scored on).
-    progress_signal: str = "distill_loss"
+    progress_signal: Literal["distill_loss", "probe_nll"] = "distill_loss"
     # B: completed decisions per controller update (REINFORCE batch).
     decisions_per_update: int = 4
     # Adam learning rate of the controller parameters φ.
@@ -80,10 +77,10 @@ class ExposureConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_choice("policy", self.policy, POLICIES)
-        _check_choice("random_distribution", self.random_distribution, RANDOM_DISTRIBUTIONS)
-        _check_choice("reward", self.reward, REWARDS)
-        _check_choice("progress_signal", self.progress_signal, PROGRESS_SIGNALS)
+        hints = typing.get_type_hints(ExposureConfig)
+        for f in fields(self):
+            if typing.get_origin(hints[f.name]) is Literal:
+                _check_choice(f.name, getattr(self, f.name), typing.get_args(hints[f.name]))
         for name in ("reveal_ratio", "schedule_start", "schedule_end", "ratio_min", "ratio_max"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0.0 <= value <= 1.0):

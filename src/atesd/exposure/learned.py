@@ -214,6 +214,7 @@ class LearnedExposure:
         """
         if signals is None:
             return self._observe_missing(step)
+        signals.require("top1_disagreement", "self_confidence")
         loss = self._progress_value(signals)
         score = signals.grounding_score
         if score is None and self.needs_grounding_score:

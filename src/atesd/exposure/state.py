@@ -8,7 +8,7 @@ Features, in the order of `FEATURE_NAMES` (N_FEATURES = 7):
     progress               t/T, clipped to [0, 1] (t the 0-based step, T the total steps)
     ratio_ema              EMA of the reveal ratio α actually used; starts at 0.5
     distill_loss_ema       EMA of the distillation loss                     (normalised)
-    kl_mean_ema            EMA of the mean per-token KL, teacher ‖ student  (normalised)
+    divergence_mean_ema    EMA of the training divergence D per token       (normalised)
     top1_disagreement_ema  EMA of the top-1 disagreement rate               (normalised)
     probe_nll_ema          EMA of the student's NLL on the probe set        (normalised)
     self_confidence        latest batch's mean log-prob of sampled tokens   (normalised)
@@ -35,7 +35,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "progress",
     "ratio_ema",
     "distill_loss_ema",
-    "kl_mean_ema",
+    "divergence_mean_ema",
     "top1_disagreement_ema",
     "probe_nll_ema",
     "self_confidence",
@@ -53,40 +53,50 @@ class TrainingSignals:
     """What the training loop measured at one student step t (global means over all ranks).
 
     distill_loss: the distillation loss of step t's batch (before step t's update).
-    kl_mean: mean per-token KL, teacher ‖ student, over the batch's rollout tokens.
+    divergence_mean: mean per-token training divergence D(p_T^α ‖ p_S) (the loss's own kind:
+        forward KL, reverse KL or JSD) over the batch's rollout tokens: the teacher–student mismatch.
     top1_disagreement: fraction of rollout tokens where teacher and student argmax differ, [0, 1].
     probe_nll: student NLL per token of the probe set's reference solutions, measured on θ_t
-        (before step t's update); None when not measured this step.
+        (before step t's update).
     self_confidence: mean log-prob the student gave its own sampled tokens (≤ 0).
     grounding_score: g_t, the mean log-prob the teacher at step t's α gives the withheld reference
-        (teacher-forced); None when not measured.
+        (teacher-forced).
+    None marks a signal the step did not measure; a policy that needs it raises (`require`).
     """
 
     distill_loss: float
-    kl_mean: float
-    top1_disagreement: float
+    divergence_mean: float
+    top1_disagreement: float | None
     probe_nll: float | None
-    self_confidence: float
+    self_confidence: float | None
     grounding_score: float | None
+
+    def require(self, *names: str) -> None:
+        """Raise if any of these signals is missing: a needed signal is never read as a zero."""
+        missing = [name for name in names if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"the exposure policy needs {', '.join(missing)} but step signals lack "
+                             f"{'it' if len(missing) == 1 else 'them'}: a full-vocabulary divergence gives "
+                             "top1_disagreement, sampling gives self_confidence, the probe the rest")
 
     def __post_init__(self) -> None:
         for name in (
             "distill_loss",
-            "kl_mean",
+            "divergence_mean",
             "top1_disagreement",
             "probe_nll",
             "self_confidence",
             "grounding_score",
         ):
             value = getattr(self, name)
-            if value is None and name in ("probe_nll", "grounding_score"):
+            if value is None and name not in ("distill_loss", "divergence_mean"):
                 continue
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(
                     f"TrainingSignals.{name} must be a finite float, got {value!r}; pass a Python "
                     "float (tensor.item()) and skip the step's exposure update if the loss is NaN"
                 )
-        if not 0.0 <= self.top1_disagreement <= 1.0:
+        if self.top1_disagreement is not None and not 0.0 <= self.top1_disagreement <= 1.0:
             raise ValueError(
                 f"TrainingSignals.top1_disagreement is a rate in [0, 1], got "
                 f"{self.top1_disagreement}; pass the fraction, not a percentage or a count"
@@ -150,7 +160,7 @@ class ExposureStateTracker:
         self.ratio_ema = self._ema(self.ratio_ema, used_ratio)
         raw = {
             "distill_loss_ema": signals.distill_loss,
-            "kl_mean_ema": signals.kl_mean,
+            "divergence_mean_ema": signals.divergence_mean,
             "top1_disagreement_ema": signals.top1_disagreement,
             "probe_nll_ema": signals.probe_nll,
         }
@@ -183,3 +193,16 @@ class ExposureStateTracker:
         }
         for name in _NORMALISED:
             self.normalizers[name].load_state_dict(state["normalizers"][name])
+
+
+def signals_from(summary, measured: dict) -> TrainingSignals:
+    """The controller's view of step t: the step's `atesd.metrics.StepSummary` and the probe's
+    measurements on θ_t (`atesd.probe.ExposureProbe.measure`)."""
+    return TrainingSignals(
+        distill_loss=summary.loss,
+        divergence_mean=summary.divergence_mean,
+        top1_disagreement=summary.top1_disagreement,
+        probe_nll=measured.get("probe_nll"),
+        self_confidence=summary.self_confidence,
+        grounding_score=measured.get("grounding_score"),
+    )

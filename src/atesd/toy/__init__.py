@@ -7,8 +7,10 @@ to end on a CPU in minutes, through the same code paths as a real checkpoint.
   step checker used for diagnostics.
 - `model`: byte-level BPE tokenizer with a Qwen3-style chat template, `Qwen3ForCausalLM` presets.
 - `warmstart`: the supervised student/teacher mix that makes the base model.
-- `build`: `build_toy_world(cfg) -> Path`, cached and atomic; `ToyWorldConfig`.
-- `report`: `toy_world_report(world)`, the student / teacher / headroom tables.
-- `positions`: where the teacher–student KL sits in a rollout (before / at / after its first wrong
-  step, answer line); `atesd mismatch --positions`. Diagnosis only.
+- `build`: `build_toy_world(cfg) -> Path`, cached and atomic; `ToyWorldConfig`; the default world
+  ships with the package (`worlds/toy-1m/`).
+- `paths`: `toy:` names in a config (`toy:toy-1m`, `toy:train`) resolved to paths by the entry points.
+
+Its report (student / teacher / headroom tables) and the position analysis of the mismatch are
+experiments: `atesd.experiments.world_report`, `atesd.experiments.positions`.
 """

@@ -35,6 +35,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from atesd import atomic
 from atesd.data import Problem, load_problems, write_problems
 from atesd.prompts import PromptConfig
 from atesd.toy import task
@@ -232,16 +233,12 @@ def build_toy_world(cfg: ToyWorldConfig | str | None = None, *, out: str | os.Pa
 
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(target)
-    staging = target.parent / f".{target.name}.building-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = atomic.staging_dir(target, "building")
     try:
-        staging.mkdir()
         facts = _build_into(staging, cfg, progress)
         record = {"key": key, "version": BUILD_VERSION, "config": asdict(cfg), **facts, "built_on": _built_on()}
-        (staging / WORLD_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        atomic.write_json(staging / WORLD_FILE, record)
+        atomic.replace_dir(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -258,35 +255,10 @@ def copy_world(world: str | os.PathLike, out: str | os.PathLike) -> Path:
     source, target = Path(world), Path(out).expanduser()
     if target.exists() and any(target.iterdir()) and not (target / WORLD_FILE).is_file():
         raise FileExistsError(f"{target} exists and is not a toy world; choose another --out")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.copying-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = atomic.staging_dir(target, "copying")
     try:
-        shutil.copytree(source, staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+        atomic.replace_dir(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def run_toy_build(preset: str = "toy-1m", out: str | None = None, data: str | None = None, seed: int = 0,
-                  report: bool = True, rebuild: bool = False) -> Path:
-    """`atesd toy build`: build (or reuse: the cache, the shipped default world) a world, copy it to
-    `out` if given, print where it is and, with `report`, the student / teacher / headroom tables.
-    rebuild: build even when the world is cached or shipped (into the cache; the shipped world
-    stays as it is)."""
-    world = build_toy_world(ToyWorldConfig(preset=preset, data=data, seed=seed), force=rebuild)
-    if out is not None:
-        world = copy_world(world, out)
-    print(f"toy world: {world}")
-    print(f"  model: AutoModelForCausalLM.from_pretrained({str(world)!r})")
-    for name, path in world_splits(world).items():
-        print(f"  {name}: {path}")
-    if report:
-        from atesd.toy.report import toy_world_report
-
-        print()
-        print(toy_world_report(world).to_markdown())
-    return world

@@ -34,8 +34,7 @@ from typing import Iterator, Sequence
 import torch
 
 from atesd.data import Problem
-from atesd.prompts import PromptConfig, reference_completion, student_prompt, teacher_prompt
-from atesd.reveal import reveal
+from atesd.prompts import PromptConfig, reference_completion, student_prompt, teacher_view
 from atesd.toy import task
 
 IGNORE_INDEX = -100
@@ -163,8 +162,7 @@ def make_example(problem: Problem, tokenizer, prompt_cfg: PromptConfig, rng: ran
         order = (task.random_order(root, rng) if cfg.student_reorder
                  else task.solution_order(problem.problem, problem.solution))
         return completion_example(tokenizer, prompt, *_toy_completion(root, order, rng, cfg.student_wrong_prefix_prob))
-    revealed = reveal(problem.solution, _reveal_ratio(rng, cfg))
-    prompt = teacher_prompt(tokenizer, problem.problem, revealed, prompt_cfg)
+    prompt = teacher_view(tokenizer, problem, _reveal_ratio(rng, cfg), prompt_cfg)
     if not _is_toy(problem):
         return completion_example(tokenizer, prompt, problem.solution)
     completion, skip = _toy_teacher_completion(problem, rng, cfg)

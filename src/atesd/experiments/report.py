@@ -1,7 +1,7 @@
 """Plots and a short text summary of one training run directory (`atesd report RUN_DIR`).
 
 Reads the two logs the training loop (`atesd.train`) appends to a run directory:
-  metrics.jsonl   one object per optimizer step (keys of `atesd.signals.step_metrics`)
+  metrics.jsonl   one object per optimizer step (keys of `atesd.metrics.StepSummary.metrics` and `atesd.train`)
   exposure.jsonl  exposure-policy events "decision", "credit", "update", "dropped"
                   (`atesd.exposure.decision`, `atesd.exposure.learned`)
 and draws PNGs into RUN_DIR/plots/ on matplotlib's Agg canvas (no pyplot, no display):
@@ -22,12 +22,13 @@ Departures from the paper:
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from atesd import atomic
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -197,11 +198,12 @@ def _figure(n_panels: int, ncols: int = 2) -> tuple[Figure, list]:
     return fig, axes[:n_panels]
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=110)
-    os.replace(tmp, path)
-    return path
+def save_figure(fig: Figure, path: Path, dpi: int = 110) -> Path:
+    """A figure as PNG (rendered with Agg, no pyplot), written atomically."""
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return atomic.write_bytes(path, buffer.getvalue())
 
 
 def _style(ax, xlabel: str, ylabel: str) -> None:
@@ -220,7 +222,7 @@ def _panel_figure(path: Path, panels: list[Panel]) -> Path | None:
             if xs:
                 ax.plot(xs, ys, marker="." if len(xs) <= 60 else None, label=label)
         _style(ax, panel.xlabel, panel.ylabel)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_reveal_ratio(logs: RunLogs, path: Path) -> Path | None:
@@ -238,7 +240,7 @@ def plot_reveal_ratio(logs: RunLogs, path: Path) -> Path | None:
         ax.scatter(*used, marker="x", color="C2", label="decision used_ratio (α)")
     ax.set_ylim(-0.03, 1.03)
     _style(ax, "step", "reveal_ratio")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_beta_density(logs: RunLogs, path: Path, points: int = 400) -> Path | None:
@@ -254,7 +256,7 @@ def plot_beta_density(logs: RunLogs, path: Path, points: int = 400) -> Path | No
                 label=f"step {step}: Beta({a:.2f}, {b:.2f}), mean {a / (a + b):.2f}")
     ax.set(xlim=(0, 1), ylim=(0, None))
     _style(ax, "reveal_ratio (α)", "density π_φ(α | s)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_reward(logs: RunLogs, path: Path) -> Path | None:

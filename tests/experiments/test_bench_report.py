@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from atesd.bench_report import paired_vs_reference
+from atesd.experiments.bench_report import paired_vs_reference
 
 
 def _run(method: str, seed: int, per_problem: dict[str, float]) -> dict:

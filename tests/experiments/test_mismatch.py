@@ -10,20 +10,18 @@ import pytest
 import torch
 
 from atesd.data import write_problems
-from atesd.mismatch import (
+from atesd.experiments.mismatch import (
     PLOT_NAMES,
     MismatchConfig,
-    grounding_logprobs,
     measure_mismatch,
     monotone_summary,
     run_mismatch,
     score_views,
     spearman,
     summarise,
-    teacher_prompt_ids,
     teacher_solves,
 )
-from atesd.prompts import PromptConfig, student_prompt
+from atesd.prompts import PromptConfig, student_prompt, teacher_view
 from atesd.reveal import split_steps
 from atesd.rollout.hf import HFRolloutEngine
 
@@ -104,8 +102,8 @@ def test_files_hold_the_table_and_plots(sweep):
 def test_ratio_zero_teacher_prompt_shows_no_reference_steps(tiny_tokenizer, toy_problems):
     problem = next(p for p in toy_problems if p.difficulty == 3)
     steps, final = split_steps(problem.solution)
-    at_zero = tiny_tokenizer.decode(teacher_prompt_ids(tiny_tokenizer, problem, 0.0, PromptConfig()))
-    at_one = tiny_tokenizer.decode(teacher_prompt_ids(tiny_tokenizer, problem, 1.0, PromptConfig()))
+    at_zero = tiny_tokenizer.decode(teacher_view(tiny_tokenizer, problem, 0.0, PromptConfig()))
+    at_one = tiny_tokenizer.decode(teacher_view(tiny_tokenizer, problem, 1.0, PromptConfig()))
     squash = lambda text: "".join(text.split())  # noqa: E731  (the toy tokenizer may re-space)
     assert not any(squash(step) in squash(at_zero) for step in steps)
     assert squash(final) in squash(at_zero)
@@ -130,7 +128,7 @@ def test_sweep_generates_once_greedily_per_problem_and_ratio(tiny_model, tiny_to
     (student_prompts, _, _), (teacher_prompts, params, rollouts) = engine.calls
     assert len(student_prompts) == 6 and params.greedy and params.max_new_tokens == 8
     assert params.temperature == 0.0 and len(rollouts) == len(problems) * len(ratios)
-    expected = [tuple(teacher_prompt_ids(tiny_tokenizer, p, r, PromptConfig())) for r in ratios for p in problems]
+    expected = [tuple(teacher_view(tiny_tokenizer, p, r, PromptConfig())) for r in ratios for p in problems]
     assert teacher_prompts == expected
     for row in report.overall:
         assert row.teacher_accuracy in (0.0, 1 / 3, 2 / 3, 1.0) and row.grounding_logprob <= 0.0
@@ -139,7 +137,7 @@ def test_sweep_generates_once_greedily_per_problem_and_ratio(tiny_model, tiny_to
 def test_teacher_greedy_generation_is_deterministic_and_judged(tiny_model, tiny_tokenizer, toy_problems):
     engine = RecordingEngine(tiny_model.eval(), tiny_tokenizer, batch_size=4)
     problems = toy_problems[:4]
-    prompts = [[teacher_prompt_ids(tiny_tokenizer, p, r, PromptConfig()) for p in problems] for r in (0.0, 0.5)]
+    prompts = [[teacher_view(tiny_tokenizer, p, r, PromptConfig()) for p in problems] for r in (0.0, 0.5)]
     first, second = (teacher_solves(engine, problems, prompts, max_new_tokens=12) for _ in range(2))
     assert first == second and [len(s) for s in first] == [4, 4]
     assert all(isinstance(ok, bool) for solved in first for ok in solved)
@@ -147,19 +145,9 @@ def test_teacher_greedy_generation_is_deterministic_and_judged(tiny_model, tiny_
     assert [r.completion_ids for r in a] == [r.completion_ids for r in b]
 
 
-def test_grounding_logprob_is_a_per_problem_mean_and_batch_independent(tiny_model, tiny_tokenizer, toy_problems):
-    problems = toy_problems[:5]
-    prompts = [teacher_prompt_ids(tiny_tokenizer, p, 0.5, PromptConfig()) for p in problems]
-    pad = tiny_tokenizer.pad_token_id
-    batched = grounding_logprobs(tiny_model, tiny_tokenizer, problems, prompts, 0.5, pad, batch_size=2, chunk_size=7)
-    alone = grounding_logprobs(tiny_model, tiny_tokenizer, problems, prompts, 0.5, pad, batch_size=1)
-    assert len(batched) == 5 and all(-50.0 < lp <= 0.0 for lp in batched)
-    assert batched == pytest.approx(alone, abs=1e-4)
-
-
 def test_kl_is_split_by_rollout_correctness(tiny_model, tiny_tokenizer, toy_problems):
     prompts = [student_prompt(tiny_tokenizer, p.problem, PromptConfig()) for p in toy_problems[:2]]
-    teachers = [teacher_prompt_ids(tiny_tokenizer, p, 1.0, PromptConfig()) for p in toy_problems[:2]]
+    teachers = [teacher_view(tiny_tokenizer, p, 1.0, PromptConfig()) for p in toy_problems[:2]]
     completions = [[5, 6, 7], [8, 9]]
     (scores,) = score_views(tiny_model, prompts, [teachers], completions, tiny_tokenizer.pad_token_id)
     row = summarise(1.0, scores, [0, 1], [True, False], [True, False], [-0.1, -0.3], [0, 1])

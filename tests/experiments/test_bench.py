@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from atesd.bench import FULL_BUDGET, METHODS, QUICK_BUDGET, method_config, planned_seconds, run_bench
-from atesd.bench_report import PLOTS, tokens_to_reach
+from atesd.experiments.bench import FULL_BUDGET, METHODS, QUICK_BUDGET, method_config, planned_seconds, run_bench
+from atesd.experiments.bench_report import PLOTS, tokens_to_reach
 from atesd.data import write_problems
 from atesd.toy.task import toy_problems
 

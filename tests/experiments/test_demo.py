@@ -1,12 +1,12 @@
-"""atesd.demo: the whole pipeline (world → base eval → training → eval → report) on the tiny quick world."""
+"""atesd.experiments.demo: the whole pipeline (world → base eval → training → eval → report) on the tiny quick world."""
 
 import json
 from pathlib import Path
 
-from atesd.bench import quick_world
-from atesd.demo import run_demo, summarise_ratios
+from atesd.experiments.bench import quick_world
+from atesd.experiments.demo import run_demo, summarise_ratios
 
-CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "toy-atesd.yaml")
+CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "toy-atesd.yaml")
 
 
 def test_summarise_ratios_gives_the_mean_ratio_per_block_of_steps():

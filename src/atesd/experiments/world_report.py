@@ -23,10 +23,9 @@ from typing import Sequence
 from atesd.answers import score_batch
 from atesd.data import Problem, load_problems
 from atesd.evaluate import EvalReport, evaluate, paired_difference
-from atesd.prompts import PromptConfig, teacher_prompt
-from atesd.reveal import reveal
-from atesd.rollout.base import SamplingParams
-from atesd.toy.build import WORLD_FILE, world_splits
+from atesd.prompts import PromptConfig, teacher_view
+from atesd.rollout import SamplingParams, make_rollout_engine
+from atesd.toy.build import WORLD_FILE, ToyWorldConfig, build_toy_world, copy_world, world_splits
 from atesd.toy.warmstart import WarmStartConfig, example_stream, train_supervised
 
 REVEAL_RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -107,10 +106,8 @@ def teacher_accuracy(model, tokenizer, problems: Sequence[Problem], reveal_ratio
                      prompt_cfg: PromptConfig, sampling: SamplingParams, samples: int = 1,
                      batch_size: int = 64) -> list[float]:
     """Per-problem accuracy of the model generating from the teacher prompt p_T^α(·|x, ỹ*_α)."""
-    from atesd.rollout.hf import HFRolloutEngine
-
-    engine = HFRolloutEngine(model, tokenizer, batch_size=batch_size)
-    prompts = [teacher_prompt(tokenizer, p.problem, reveal(p.solution, reveal_ratio), prompt_cfg)
+    engine = make_rollout_engine("hf", model, tokenizer, batch_size=batch_size)
+    prompts = [teacher_view(tokenizer, p, reveal_ratio, prompt_cfg)
                for p in problems for _ in range(samples)]
     rollouts = engine.generate(prompts, sampling)
     golds = [p.answer for p in problems for _ in range(samples)]
@@ -178,3 +175,22 @@ def toy_world_report(world: str | os.PathLike, split: str = "test", n_problems: 
         headroom = Headroom(headroom_steps, headroom_lr, student.average_at_k, after.average_at_k, change, se,
                             {k: v.average_at_k for k, v in after.per_difficulty.items()})
     return ToyWorldReport(student, tuple(rows), headroom)
+
+
+def run_toy_build(preset: str = "toy-1m", out: str | None = None, data: str | None = None, seed: int = 0,
+                  report: bool = True, rebuild: bool = False) -> Path:
+    """`atesd toy build`: build (or reuse: the cache, the shipped default world) a world, copy it to
+    `out` if given, print where it is and, with `report`, the student / teacher / headroom tables.
+    rebuild: build even when the world is cached or shipped (into the cache; the shipped world
+    stays as it is)."""
+    world = build_toy_world(ToyWorldConfig(preset=preset, data=data, seed=seed), force=rebuild)
+    if out is not None:
+        world = copy_world(world, out)
+    print(f"toy world: {world}")
+    print(f"  model: AutoModelForCausalLM.from_pretrained({str(world)!r})")
+    for name, path in world_splits(world).items():
+        print(f"  {name}: {path}")
+    if report:
+        print()
+        print(toy_world_report(world).to_markdown())
+    return world

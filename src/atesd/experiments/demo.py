@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from atesd import atomic
 from atesd.config import load_config
 from atesd.data import load_problems
 from atesd.evaluate import evaluate, paired_difference
@@ -81,11 +82,11 @@ def run_demo(config: str | None = None, out: str = "runs/demo", overrides: list[
     if trajectory:
         print(f"reveal ratio ({cfg.exposure.policy}), mean per 100 steps: {summarise_ratios(trajectory)}; "
               f"every decision in {result.output_dir / 'exposure.jsonl'}")
-    from atesd.report import make_report
+    from atesd.experiments.report import make_report
 
     plots = make_report(result.output_dir)
     print(f"plots: {', '.join(str(p) for p in plots)}")
     summary = {"base": before.average_at_k, "trained": after.average_at_k, "paired_difference": diff,
                "paired_se": se, "k": k, "n_problems": len(test), "reveal_ratios": trajectory}
-    (result.output_dir / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic.write_json(result.output_dir / "demo.json", summary)
     return summary

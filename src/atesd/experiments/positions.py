@@ -12,7 +12,7 @@ position class:
 A rollout whose steps are all right but whose answer line is wrong or missing (error_kind
 "wrong_answer", "missing_answer", "incomplete") has no "first_error" tokens: its error is the
 answer line. Per ratio α, and separately for rollouts judged correct / wrong (score_batch, as in
-atesd.mismatch), we pool the per-token KL(p_T^α ‖ p_S) and top-1 agreement of score_views by class:
+atesd.experiments.mismatch), we pool the per-token KL(p_T^α ‖ p_S) and top-1 agreement of score_views by class:
 token count and share, mean KL, top-1 disagreement, and kl_share, the class's fraction of the
 group's total KL (the headline: how much of the KL on wrong rollouts sits after the first error).
 
@@ -37,7 +37,7 @@ from typing import Sequence
 
 import numpy as np
 
-from atesd.mismatch import (DEFAULT_RATIOS, MismatchConfig, MismatchReport, Sweep, finite, fmt, load_frozen,
+from atesd.experiments.mismatch import (DEFAULT_RATIOS, MismatchConfig, MismatchReport, Sweep, finite, fmt, load_frozen,
                             measure_mismatch, sample_and_score, write_report)
 from atesd.prompts import PromptConfig
 from atesd.toy.task import SOURCE, StepCheck, check_steps
@@ -192,7 +192,7 @@ def measure_positions(model, tokenizer, problems: Sequence, ratios: Sequence[flo
                       n_problems: int | None = None, seed: int = 0, max_new_tokens: int = 512,
                       batch_size: int = 16, chunk_size: int = 1024, prompt_cfg: PromptConfig | None = None,
                       engine=None, meta: dict | None = None) -> PositionsReport:
-    """One student rollout per problem (temperature 1, atesd.mismatch's sampling and scoring),
+    """One student rollout per problem (temperature 1, atesd.experiments.mismatch's sampling and scoring),
     labelled by position and pooled per ratio, group and class."""
     require_toy(problems, "the given problems")
     cfg = MismatchConfig(ratios=tuple(ratios), n_problems=n_problems, seed=seed, max_new_tokens=max_new_tokens,
@@ -205,7 +205,7 @@ def run_mismatch_positions(model_dir: str | os.PathLike, data: str, ratios: Sequ
                            out_dir: str | os.PathLike = "mismatch", split: str | None = None, thinking: bool = False,
                            dtype: str = "float32", device: str | None = None,
                            **options) -> tuple[MismatchReport, PositionsReport]:
-    """atesd.mismatch.run_mismatch plus the per-position report of the same rollouts (sampled once):
+    """atesd.experiments.mismatch.run_mismatch plus the per-position report of the same rollouts (sampled once):
     mismatch.json/.md, the PNGs, positions.json/.md into out_dir. ValueError before loading the
     model when `data` holds anything but toy problems."""
     from atesd.data import load_problems

@@ -14,7 +14,7 @@ For each seed and each method of `METHODS` (name → config file + overrides) th
 4. writes `result.json` atomically. A killed bench continues: runs with a result.json are skipped,
    the others resume from their latest checkpoint with `train(cfg, resume=True)`.
 
-Then `atesd.bench_report` writes `<out>/bench.json`, `<out>/BENCHMARKS-toy.md` and the PNGs.
+Then `atesd.experiments.bench_report` writes `<out>/bench.json`, `<out>/BENCHMARKS-toy.md` and the PNGs.
 
 The budget (stated in the report): every trained method sees the same number of (prompt, rollout)
 pairs per step, `prompts_per_step`. GRPO samples G rollouts per prompt, so it gets
@@ -46,6 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
+from atesd import atomic
 from atesd.config import ConfigError, TrainConfig, load_config
 from atesd.experiments.protocol import TOY_PROTOCOL, EvalProtocol, evaluate_under
 
@@ -122,13 +123,6 @@ class BenchOutcome:
     files: tuple[Path, ...]
 
 
-def write_json_atomic(path: Path, payload) -> None:
-    """JSON into a temporary sibling, then renamed over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def planned_seconds(budget: BenchBudget, methods: Sequence[Method], n_seeds: int) -> float:
     """The cost model of the module docstring: training, validation and test sampling."""
     total = 0.0
@@ -196,7 +190,7 @@ def _validation_protocol(budget: BenchBudget, seed: int) -> EvalProtocol:
 
 def _metrics_by_step(run_dir: Path) -> list[dict]:
     """metrics.jsonl, one record per step (the last line of a repeated step wins), in step order."""
-    from atesd.report import read_jsonl
+    from atesd.experiments.report import read_jsonl
 
     by_step = {r["step"]: r for r in read_jsonl(run_dir / "metrics.jsonl") if isinstance(r.get("step"), int)}
     return [by_step[s] for s in sorted(by_step)]
@@ -251,7 +245,7 @@ def run_one(method: Method, seed: int, budget: BenchBudget, run_dir: Path, model
         "test": report.to_dict(), "train_seconds": round(train_seconds, 1),
         "eval_seconds": round(time.perf_counter() - started - train_seconds, 1),
     }
-    write_json_atomic(run_dir / RESULT_FILE, result)
+    atomic.write_json(run_dir / RESULT_FILE, result)
     return result
 
 
@@ -281,7 +275,7 @@ def _check_plan(out: Path, plan: dict) -> None:
         if {k: old.get(k, [] if k == "overrides" else None) for k in keys} != {k: plan[k] for k in keys}:
             raise ConfigError(f"{out} holds a bench with another budget, model or overrides ({path}); "
                               "choose another --out")
-    write_json_atomic(path, plan)
+    atomic.write_json(path, plan)
 
 
 def run_bench(suite: str = "toy", seeds: int | None = None, quick: bool = False, out: str | os.PathLike | None = None,
@@ -298,7 +292,7 @@ def run_bench(suite: str = "toy", seeds: int | None = None, quick: bool = False,
     the plan: a folder holds one bench). steps: training steps per run instead of the budget's,
     validating every steps / 4 (the toy configs' own length: `steps=500`, 5.5 h for the full suite by the cost model).
     """
-    from atesd.bench_report import write_report
+    from atesd.experiments.bench_report import write_report
 
     if suite != "toy":
         raise ConfigError(f"bench: unknown suite {suite!r}; the only suite is 'toy'")
@@ -338,7 +332,7 @@ def run_bench(suite: str = "toy", seeds: int | None = None, quick: bool = False,
           f"{budget.prompts_per_step} rollouts = {budget.rollouts_per_run} (prompt, rollout) pairs "
           f"(GRPO: prompts_per_step / G prompts × G rollouts); validation every {budget.validation_every} steps "
           f"on {budget.val_problems} problems × {budget.val_k}; test: {budget.test.describe()}; estimated {estimate / 60:.1f} min on 2 CPU cores "
-          "(a cost model, see atesd.bench)")
+          "(a cost model, see atesd.experiments.bench)")
 
     results, ran, skipped = [], [], []
     for seed in range(seeds):

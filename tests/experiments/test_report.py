@@ -1,4 +1,4 @@
-"""Tests of atesd.report on small run directories written by hand in the training loop's formats."""
+"""Tests of atesd.experiments.report on small run directories written by hand in the training loop's formats."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from atesd.report import beta_pdf, make_report, run_summary, snapshot_indices, summarize_run
+from atesd.experiments.report import beta_pdf, make_report, run_summary, snapshot_indices, summarize_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STEPS = 20

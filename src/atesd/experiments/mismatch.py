@@ -12,13 +12,13 @@ Two per-problem teacher measures at each α (our definitions). `teacher_accuracy
 prompt at α generates one solution greedily (temperature 0, max_new_tokens, the rollout engine of
 the student samples), judged by atesd.answers.score_batch against the problem's answer; the row
 holds the fraction of problems solved. `grounding_logprob`: the controller's grounding score g_t
-(atesd.signals), i.e. the mean log p_T^α of the tokens of w = withheld(y*, α) (reference_completion,
+(atesd.scoring.grounding_scores), i.e. the mean log p_T^α of the tokens of w = withheld(y*, α) (reference_completion,
 end-of-turn included) teacher-forced after the teacher prompt; mean over w's tokens per problem,
 then over problems (g_t pools the tokens of its batch instead).
 
 Where this departs from, or fills in, the paper:
 1. The teacher is the student's own weights (frozen, no adapter): OPSD's frozen teacher at step 0.
-2. The KL is the raw mismatch: `kl_temperature` 1.0 and no point-wise clip unless `clip` is set.
+2. The KL is the raw mismatch: `kl_temperature` 1.0 and no point-wise clip unless `token_clip` is set.
 3. Percentiles pool all tokens of a group (like train/divergence_p95), linear interpolation.
 4. The reveal keeps the final-answer sentence at every α (ATESD section 3), so even at α = 0 the
    teacher sees the answer; teacher accuracy measures whether, generating freely, it reaches the
@@ -28,7 +28,6 @@ Where this departs from, or fills in, the paper:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -38,14 +37,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from atesd import atomic
 from atesd.answers import score_batch
 from atesd.divergence_chunked import chunked_divergence
-from atesd.objectives import token_logprobs
-from atesd.prompts import PromptConfig, reference_completion, student_prompt, teacher_prompt
-from atesd.reveal import reveal, withheld
-from atesd.rollout.base import SamplingParams
-from atesd.rollout.hf import HFRolloutEngine
-from atesd.teacher import build_sequences, check_same_completions, completion_hidden
+from atesd.prompts import PromptConfig, student_prompt, teacher_view
+from atesd.rollout import SamplingParams, make_rollout_engine
+from atesd.scoring import build_sequences, check_same_completions, completion_hidden, grounding_scores
 
 Ids = Sequence[int]  # token ids
 DEFAULT_RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -61,7 +58,7 @@ _TABLE = (("α", "ratio", "g"), ("tokens", "n_tokens", "d"), ("KL mean", "kl_mea
 class MismatchConfig:
     """ratios: α values (sorted, deduplicated); n_problems: the first N problems, as `atesd eval --limit`
     (None: all). Sampling: samples_per_problem, max_new_tokens, temperature, top_p, top_k, seed.
-    Scoring: batch_size sequences per forward, chunk_size tokens per logits chunk, kl_temperature, clip."""
+    Scoring: batch_size sequences per forward, chunk_size tokens per logits chunk, kl_temperature, token_clip."""
 
     ratios: tuple[float, ...] = DEFAULT_RATIOS
     n_problems: int | None = None
@@ -74,7 +71,7 @@ class MismatchConfig:
     batch_size: int = 16
     chunk_size: int = 1024
     kl_temperature: float = 1.0
-    clip: float | None = None
+    token_clip: float | None = None
 
     def __post_init__(self) -> None:
         ratios = tuple(sorted({float(r) for r in self.ratios}))
@@ -114,15 +111,10 @@ class TokenScores:
     token_rollout: torch.Tensor
 
 
-def teacher_prompt_ids(tokenizer, problem, ratio: float, prompt_cfg: PromptConfig) -> list[int]:
-    """The teacher prompt for `problem` (atesd.data.Problem) at ratio α: problem + reveal(y*, α)."""
-    return teacher_prompt(tokenizer, problem.problem, reveal(problem.solution, ratio), prompt_cfg)
-
-
 @torch.no_grad()
 def score_views(model, student_prompts: Sequence[Ids], teacher_prompts_by_ratio: Sequence[Sequence[Ids]],
                 completions: Sequence[Ids], pad_id: int, batch_size: int = 16, chunk_size: int = 1024,
-                kl_temperature: float = 1.0, clip: float | None = None) -> list[TokenScores]:
+                kl_temperature: float = 1.0, token_clip: float | None = None) -> list[TokenScores]:
     """Per-token forward KL (teacher ‖ student) and top-1 agreement of the same completions under the
     student prompts and under each ratio's teacher prompts; one TokenScores per ratio. The student's
     hidden states [N_batch, H] are computed once per batch and reused for every ratio."""
@@ -136,7 +128,7 @@ def score_views(model, student_prompts: Sequence[Ids], teacher_prompts_by_ratio:
             teacher = build_sequences(teacher_prompts[rows], completions[rows], pad_id, device)
             check_same_completions(student, teacher)
             out = chunked_divergence(student_hidden, completion_hidden(model, teacher), head.weight,
-                                     lm_head_bias=head.bias, kind="forward_kl", clip=clip,
+                                     lm_head_bias=head.bias, kind="forward_kl", token_clip=token_clip,
                                      temperature=kl_temperature, chunk_size=chunk_size)
             parts[ratio_index].append((out.divergence.double().cpu(), out.top1_agree.cpu(),
                                        student.token_rollout.cpu() + start))
@@ -152,23 +144,6 @@ def teacher_solves(engine, problems: Sequence, teacher_prompts_by_ratio: Sequenc
     solved = score_batch([r.text for r in rollouts], [p.answer for p in problems] * len(teacher_prompts_by_ratio),
                          workers=0)
     return [solved[i:i + len(problems)] for i in range(0, len(solved), len(problems))]
-
-
-@torch.no_grad()
-def grounding_logprobs(model, tokenizer, problems: Sequence, teacher_prompts: Sequence[Ids], ratio: float,
-                       pad_id: int, batch_size: int = 16, chunk_size: int = 1024) -> list[float]:
-    """Per problem, the mean log p_T^α over the tokens of reference_completion(withheld(y*, α)),
-    teacher-forced after its teacher prompt (g_t of atesd.signals, one problem at a time)."""
-    device, head = next(model.parameters()).device, model.get_output_embeddings()
-    means: list[float] = []
-    for start in range(0, len(problems), batch_size):
-        rows = slice(start, start + batch_size)
-        texts = [reference_completion(withheld(p.solution, ratio), tokenizer) for p in problems[rows]]
-        completions = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        batch = build_sequences(teacher_prompts[rows], completions, pad_id, device)
-        logprobs = token_logprobs(completion_hidden(model, batch), head.weight, batch.target_ids, 1.0, chunk_size)
-        means += [float(lp.double().mean()) for lp in logprobs.cpu().split(list(batch.completion_lengths))]
-    return means
 
 
 def _mean(values) -> float:
@@ -228,8 +203,8 @@ def write_report(out_dir: str | os.PathLike, stem: str, payload: dict, markdown:
     """<stem>.json and <stem>.md into out_dir (created); returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    (out / f"{stem}.md").write_text(markdown, encoding="utf-8")
+    atomic.write_json(out / f"{stem}.json", payload)
+    atomic.write_text(out / f"{stem}.md", markdown)
     return [out / f"{stem}.json", out / f"{stem}.md"]
 
 
@@ -271,6 +246,8 @@ def plot_report(report: MismatchReport, out: Path) -> list[Path]:
     mismatch_by_difficulty.png (KL mean and top-1 disagreement vs α, one line per difficulty)."""
     from matplotlib.figure import Figure  # no pyplot: savefig renders with Agg
 
+    from atesd.experiments.report import save_figure
+
     rows, groups = report.overall, list(report.per_difficulty.items())
     by_difficulty = lambda m: [(f"difficulty {g}", rs, m) for g, rs in groups]  # noqa: E731
     figures = {
@@ -289,14 +266,14 @@ def plot_report(report: MismatchReport, out: Path) -> list[Path]:
             ax.set(xlabel="reveal ratio α", ylabel=ylabel)
             ax.grid(alpha=0.3)
             ax.legend(fontsize="small")
-        fig.savefig(out / name, format="png", dpi=110)
+        save_figure(fig, out / name)
     return [out / name for name in figures]
 
 
 @dataclass(frozen=True)
 class Sweep:
     """The sampled rollouts and their scores at every ratio, shared by measure_mismatch and the toy
-    world's per-position analysis (atesd.toy.positions). problem_of[r]: rollout r's problem;
+    world's per-position analysis (atesd.experiments.positions). problem_of[r]: rollout r's problem;
     correct[r]: score_batch's verdict; teachers[k][i]: the teacher prompt of problem i at ratios[k];
     scores[k]: score_views' TokenScores at ratios[k], rollouts in order."""
 
@@ -318,16 +295,16 @@ def sample_and_score(model, tokenizer, problems: Sequence, cfg: MismatchConfig =
     if not problems:
         raise ValueError("mismatch: no problems")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    engine = engine or HFRolloutEngine(model.eval(), tokenizer, batch_size=cfg.batch_size)
+    engine = engine or make_rollout_engine("hf", model.eval(), tokenizer, batch_size=cfg.batch_size)
     problem_of = [i for i in range(len(problems)) for _ in range(cfg.samples_per_problem)]
     student = [student_prompt(tokenizer, problems[i].problem, prompt_cfg) for i in problem_of]
     sampling = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, cfg.seed)
     rollouts = engine.generate(student, sampling)
     correct = score_batch([r.text for r in rollouts], [problems[i].answer for i in problem_of], workers=0)
-    teachers = [[teacher_prompt_ids(tokenizer, p, ratio, prompt_cfg) for p in problems] for ratio in cfg.ratios]
+    teachers = [[teacher_view(tokenizer, p, ratio, prompt_cfg) for p in problems] for ratio in cfg.ratios]
     scores = score_views(model.eval(), student, [[t[i] for i in problem_of] for t in teachers],
                          [list(r.completion_ids) for r in rollouts], pad_id, cfg.batch_size,
-                         cfg.chunk_size, cfg.kl_temperature, cfg.clip)
+                         cfg.chunk_size, cfg.kl_temperature, cfg.token_clip)
     return Sweep(cfg.ratios, problems, problem_of, list(rollouts), list(correct), teachers, scores)
 
 
@@ -336,16 +313,15 @@ def measure_mismatch(model, tokenizer, problems: Sequence, cfg: MismatchConfig =
                      sweep: Sweep | None = None) -> MismatchReport:
     """The sweep on a loaded model (module docstring): sample once, score at every ratio, and one
     greedy teacher generation per problem and ratio. The model is left in eval mode; engine (also
-    used for the teacher generations) defaults to HFRolloutEngine(model, tokenizer, cfg.batch_size).
+    used for the teacher generations) defaults to the HF rollout engine with cfg.batch_size.
     sweep: sample_and_score(model, tokenizer, problems, cfg, prompt_cfg) already run (not redone)."""
     prompt_cfg = prompt_cfg or PromptConfig()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    engine = engine or HFRolloutEngine(model.eval(), tokenizer, batch_size=cfg.batch_size)
+    engine = engine or make_rollout_engine("hf", model.eval(), tokenizer, batch_size=cfg.batch_size)
     sweep = sweep or sample_and_score(model, tokenizer, problems, cfg, prompt_cfg, engine)
     problems, problem_of, correct, teachers = sweep.problems, sweep.problem_of, sweep.correct, sweep.teachers
     solved = teacher_solves(engine, problems, teachers, cfg.max_new_tokens)
-    grounding = [grounding_logprobs(model, tokenizer, problems, t, ratio, pad_id, cfg.batch_size, cfg.chunk_size)
-                 for ratio, t in zip(cfg.ratios, teachers)]
+    grounding = [grounding_scores(model, tokenizer, problems, ratio, prompt_cfg, cfg.batch_size, cfg.chunk_size)
+                 for ratio in cfg.ratios]
     by_group: dict[str, list[int]] = {}
     for r, i in enumerate(problem_of):
         by_group.setdefault("unknown" if problems[i].difficulty is None else str(problems[i].difficulty), []).append(r)

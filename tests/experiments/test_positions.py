@@ -11,7 +11,7 @@ import torch
 
 from atesd.cli import main
 from atesd.data import Problem, write_problems
-from atesd.toy.positions import (
+from atesd.experiments.positions import (
     GROUPS,
     POSITIONS,
     aggregate,

@@ -1,6 +1,6 @@
 """The bench's report: `bench.json`, `BENCHMARKS-toy.md` and four PNGs from the runs' result.json.
 
-Written by `atesd.bench.run_bench` into the bench folder:
+Written by `atesd.experiments.bench.run_bench` into the bench folder:
   bench.json               the command, machine, date, budget and every run's result
   BENCHMARKS-toy.md        a markdown section: test Average@k per method (mean ± std over seeds),
                            the chosen step and rollout tokens, accuracy per difficulty, the paired
@@ -31,7 +31,8 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from atesd.bench import write_json_atomic
+from atesd import atomic
+from atesd.experiments.report import save_figure
 from atesd.evaluate import paired_difference
 
 MARKDOWN_FILE = "BENCHMARKS-toy.md"
@@ -180,8 +181,7 @@ def markdown(groups: dict[str, list[dict]], meta: dict, plots: Sequence[str] = P
 def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path)
 
 
 def _colors(n: int) -> list:
@@ -263,9 +263,6 @@ def write_report(out: Path, results: Sequence[dict], meta: dict) -> list[Path]:
              plot_tokens(groups, budget["val_k"], out / PLOTS[2]),
              plot_ratios(groups, out / PLOTS[3])]
     plots = [p for p in plots if p is not None]
-    write_json_atomic(out / BENCH_JSON, {**meta, "results": list(results)})
-    markdown_path = out / MARKDOWN_FILE
-    tmp = markdown_path.with_name(f".{MARKDOWN_FILE}.tmp")
-    tmp.write_text(markdown(groups, meta, [p.name for p in plots]))
-    tmp.replace(markdown_path)
+    atomic.write_json(out / BENCH_JSON, {**meta, "results": list(results)})
+    markdown_path = atomic.write_text(out / MARKDOWN_FILE, markdown(groups, meta, [p.name for p in plots]))
     return [out / BENCH_JSON, markdown_path, *plots]

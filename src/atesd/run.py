@@ -1,0 +1,188 @@
+"""A training run's components and plumbing: everything `atesd.train` sets up once.
+
+`TrainingRun.start(cfg, resume)` builds the accelerator, tokenizer, policy, teacher, training
+problems, objective, exposure policy (and its held-out probe), optimizer, scheduler, rollout engine
+and validator, restores a checkpoint when resuming, and truncates the logs to it. The loop then
+calls `steps()`, `accumulation(last)`, `log(step, metrics)`, `after_step(step, finite)` and
+`finish()`: the cross-cutting concerns (progress bar, trackers, the non-finite-step guard,
+checkpoint contents and cadence, the final save) live here, one line each in the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from atesd.checkpoint import RunDir
+from atesd.config import TrainConfig, save_config
+from atesd.data import load_problems
+from atesd.exposure import make_exposure_policy
+from atesd.models import load_model, load_tokenizer, output_head, save_trained
+from atesd.objectives import make_objective
+from atesd.optim import make_optimizer, make_scheduler
+from atesd.probe import ExposureProbe, hold_out_probe
+from atesd.rollout import make_rollout_engine
+from atesd.teacher import Teacher
+from atesd.validation import Validator, load_validation_problems
+
+
+class PromptSampler:
+    """Which problems step t uses: a seeded permutation per epoch, a pure function of (seed, t),
+    so a resumed run sees exactly the prompts an uninterrupted one would."""
+
+    def __init__(self, n_problems: int, global_batch: int, seed: int):
+        if n_problems < 1:
+            raise ValueError("no training problems to sample prompts from")
+        self.n, self.global_batch, self.seed = n_problems, global_batch, seed
+
+    def indices(self, step: int, rank: int, world: int) -> list[int]:
+        out = []
+        for pos in range(step * self.global_batch, (step + 1) * self.global_batch):
+            epoch, offset = divmod(pos, self.n)
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+            out.append(int(perm[offset]))
+        return out[rank::world]
+
+
+def _engine_options(cfg: TrainConfig) -> dict:
+    if cfg.rollout.backend == "vllm":
+        r = cfg.rollout
+        return {"gpu_memory_utilization": r.vllm_gpu_memory_utilization, "enforce_eager": r.vllm_enforce_eager,
+                "enable_sleep_mode": r.vllm_sleep_mode, "seed": cfg.seed, "dtype": cfg.model.dtype}
+    return {"batch_size": cfg.rollout.batch_size, "decoder": cfg.rollout.hf_decoder}
+
+
+def _load_training_problems(cfg: TrainConfig) -> list:
+    columns = {"problem": cfg.data.problem_column, "solution": cfg.data.solution_column,
+               **({"answer": cfg.data.answer_column} if cfg.data.answer_column else {})}
+    return load_problems(cfg.data.train, split=cfg.data.split, on_bad_row=cfg.data.on_bad_row, columns=columns)
+
+
+@dataclass
+class TrainingRun:
+    cfg: TrainConfig
+    accelerator: Accelerator
+    dir: RunDir
+    tokenizer: object
+    policy: torch.nn.Module  # as prepared by accelerate (wrapped under DDP/FSDP)
+    unwrapped: torch.nn.Module
+    head: torch.nn.Module
+    teacher: Teacher
+    problems: list
+    sampler: PromptSampler
+    objective: object
+    exposure: object
+    probe: ExposureProbe | None
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    engine: object
+    validator: Validator | None
+    start_step: int = 0
+    bad_in_a_row: int = 0
+    bar: tqdm | None = None
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @classmethod
+    def start(cls, cfg: TrainConfig, resume: bool = False) -> TrainingRun:
+        out = Path(cfg.output_dir)
+        accelerator = Accelerator(log_with=cfg.report_to or None, project_dir=str(out))
+        set_seed(cfg.seed)
+        world = accelerator.num_processes
+        per_process = cfg.prompts_per_step // world
+        if per_process * world != cfg.prompts_per_step or per_process % cfg.optim.grad_accum_steps:
+            raise ValueError(f"prompts_per_step={cfg.prompts_per_step} must split evenly over {world} processes "
+                             f"× optim.grad_accum_steps={cfg.optim.grad_accum_steps} micro-batches")
+        problems = _load_training_problems(cfg)  # bad data stops the run before any model loads
+        validation_problems = load_validation_problems(cfg) if cfg.validation.every else None
+        run_dir = RunDir(out, accelerator.is_main_process)
+        if accelerator.is_main_process:
+            save_config(cfg, out / "config.yaml")
+        tokenizer = load_tokenizer(cfg.model)
+        policy = load_model(cfg.model)
+        teacher = Teacher(cfg.teacher.kind, policy, cfg.teacher.ema_decay)
+        objective = make_objective(cfg.loss)
+        exposure = make_exposure_policy(cfg.exposure, total_steps=cfg.steps)
+        probe = None
+        if exposure.needs_probe_nll or exposure.needs_grounding_score:
+            problems, probe_set, grounding_set = hold_out_probe(problems, cfg.exposure.probe_size, cfg.seed)
+            probe = ExposureProbe(probe_set, grounding_set, tokenizer, cfg.prompts, cfg.loss.chunk_size,
+                                  exposure.needs_probe_nll, exposure.needs_grounding_score)
+        optimizer = make_optimizer(policy, cfg.optim)
+        scheduler = make_scheduler(optimizer, cfg.optim, cfg.steps)
+        policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
+        unwrapped = accelerator.unwrap_model(policy)
+        run = cls(cfg, accelerator, run_dir, tokenizer, policy, unwrapped, output_head(unwrapped), teacher, problems,
+                  PromptSampler(len(problems), cfg.prompts_per_step, cfg.seed), objective, exposure, probe,
+                  optimizer, scheduler, make_rollout_engine(cfg.rollout.backend, unwrapped, tokenizer,
+                                                            **_engine_options(cfg)),
+                  Validator(cfg, tokenizer, out, validation_problems) if validation_problems is not None else None)
+        if cfg.report_to:
+            accelerator.init_trackers("atesd", config={"output_dir": str(out)})
+        if resume:
+            run._restore()
+        run.dir.truncate_logs(run.start_step)
+        return run
+
+    def _restore(self) -> None:
+        latest = self.dir.latest()
+        if latest is None:
+            return
+        components = self.dir.load(self.accelerator, latest[1])
+        self.start_step, self.bad_in_a_row = components["step"], components["bad_in_a_row"]
+        self.teacher.load_state_dict(components["teacher"])
+        self.exposure.load_state_dict(components["exposure"])
+        if self.validator is not None:
+            self.validator.load_state_dict(components["validation"])
+        self.engine.sync_weights(self.unwrapped)
+
+    def steps(self):
+        """The steps still to run, with a progress bar on the main process."""
+        self.bar = tqdm(range(self.start_step, self.cfg.steps), initial=self.start_step, total=self.cfg.steps,
+                        desc="train", disable=not (self.cfg.progress and self.accelerator.is_main_process))
+        return self.bar
+
+    def accumulation(self, last: bool):
+        """Gradients of a micro-batch: synchronised across processes only on the last one."""
+        return contextlib.nullcontext() if last else self.accelerator.no_sync(self.policy)
+
+    def save_model(self, directory: Path, extra_json: dict | None = None) -> None:
+        save_trained(self.unwrapped, self.tokenizer, directory, extra_json)
+
+    def log(self, step: int, metrics: dict) -> None:
+        self.dir.append("metrics.jsonl", metrics)
+        if self.cfg.report_to:
+            self.accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+        self.bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", ratio=f"{metrics['exposure/reveal_ratio']:.2f}",
+                             tok_s=f"{metrics['train/tokens_per_s']:.0f}")
+
+    def after_step(self, step: int, finite: bool) -> None:
+        """The non-finite-step guard, then a checkpoint when one is due."""
+        self.bad_in_a_row = 0 if finite else self.bad_in_a_row + 1
+        if self.bad_in_a_row >= self.cfg.max_bad_steps:
+            raise FloatingPointError(
+                f"{self.bad_in_a_row} steps in a row had a non-finite loss (last at step {step}); "
+                "lower optim.lr or check the data; see metrics.jsonl")
+        if (step + 1) % self.cfg.save_every == 0 or step + 1 == self.cfg.steps:
+            components = {"step": step + 1, "bad_in_a_row": self.bad_in_a_row,
+                          "teacher": self.teacher.state_dict(), "exposure": self.exposure.state_dict(),
+                          "validation": self.validator.state_dict() if self.validator is not None else {}}
+            self.dir.save(self.accelerator, step + 1, components, self.cfg.keep_checkpoints)
+
+    def finish(self) -> None:
+        if self.accelerator.is_main_process:
+            self.save_model(Path(self.cfg.output_dir) / "final")
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
