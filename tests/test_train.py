@@ -2,6 +2,7 @@
 gradient-accumulation invariance, two processes under accelerate, non-finite steps."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -50,6 +51,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _metrics_with_timing(run):
+    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+
+
 def _metrics(run):
     lines = (Path(run) / "metrics.jsonl").read_text().splitlines()
     return [{k: v for k, v in json.loads(l).items() if not k.startswith(TIMING_KEYS)} for l in lines]
@@ -75,7 +80,12 @@ LEARNED = ("exposure:\n  policy: learned\n  hold_steps: 3\n  lookahead_steps: 2\
            "  decisions_per_update: 2\n  probe_size: 4\n")
 
 
-@pytest.mark.parametrize("exposure", ["", LEARNED], ids=["fixed", "learned"])
+COUNTERFACTUAL = ("exposure:\n  policy: learned\n  reward: counterfactual\n  hold_steps: 2\n"
+                  "  decisions_per_update: 2\n  probe_size: 4\n  credit_examples: 2\n  credit_refresh_steps: 3\n")
+PER_EXAMPLE = COUNTERFACTUAL + "  granularity: per_example\n"
+
+
+@pytest.mark.parametrize("exposure", ["", LEARNED, COUNTERFACTUAL], ids=["fixed", "learned", "counterfactual"])
 def test_killed_run_resumes_to_bitwise_identical_weights_and_metrics(world, tmp_path, exposure):
     # learned: hold 3 steps, so the kill after step 2 lands inside a hold window and a lookahead
     full = tmp_path / "full"
@@ -111,13 +121,32 @@ def test_learned_exposure_logs_decisions_rewards_and_controller_updates(world, t
     events = [r["event"] for r in records]
     assert events.count("decision") == 3 and "credit" in events and "update" in events
     decisions = [r for r in records if r["event"] == "decision"]
-    assert all(0.05 <= r["used_ratio"] <= 1.0 and r["beta_a"] > 1 and r["beta_b"] > 1 for r in decisions)
+    assert all(0.05 <= r["reveal_ratio"] <= 1.0 and r["beta_a"] > 1 and r["beta_b"] > 1 for r in decisions)
     # the hold window: one ratio per 3 steps
-    assert result.reveal_ratios[:3] == [decisions[0]["used_ratio"]] * 3
-    assert result.reveal_ratios[3:6] == [decisions[1]["used_ratio"]] * 3
+    assert result.reveal_ratios[:3] == [decisions[0]["reveal_ratio"]] * 3
+    assert result.reveal_ratios[3:6] == [decisions[1]["reveal_ratio"]] * 3
     metrics = _metrics(out)
     # g_t and the probe NLL on their held-out problems, every step
     assert all("exposure/grounding_score" in m and "exposure/probe_nll" in m for m in metrics)
+
+
+@pytest.mark.parametrize("exposure", [COUNTERFACTUAL, PER_EXAMPLE], ids=["global", "per_example"])
+def test_counterfactual_credit_is_measured_and_learned_from(world, tmp_path, exposure):
+    out = tmp_path / "cf"
+    result = train(load_config(_config(world, out, steps=6, extra=exposure)))
+    records = [json.loads(line) for line in (out / "exposure.jsonl").read_text().splitlines()]
+    credits = [r for r in records if r["event"] == "credit"]
+    assert credits and all(math.isfinite(r["reward"]) for r in credits)
+    assert any(r["event"] == "update" for r in records)
+    metrics = _metrics_with_timing(out)
+    credited = [m["step"] for m in metrics if "timing/credit_s" in m]
+    if "per_example" in exposure:
+        assert credited == list(range(6))  # every step
+        decisions = [r for r in records if r["event"] == "decision"]
+        assert all(len(d["reveal_ratios"]) == 4 for d in decisions)
+        assert result.reveal_ratios == [pytest.approx(d["reveal_ratio"]) for d in decisions]
+    else:
+        assert credited == [0, 2, 4]  # the first step of each hold window
 
 
 def test_gradient_accumulation_gives_the_same_update_as_one_batch(world, tmp_path):

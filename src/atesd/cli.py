@@ -1,6 +1,6 @@
 """`atesd` command line: parse arguments, dispatch to the library. No logic lives here.
 
-Subcommands: eval, toy build, train, demo, report, mismatch, bench. A bad input file or config ends with a one-line error
+Subcommands: eval, toy build, train, demo, report, mismatch, bench, diagnose. A bad input file or config ends with a one-line error
 naming the file, line and field (exit code 2), never a raw traceback.
 """
 
@@ -190,10 +190,48 @@ def _run_bench(args) -> None:
         print(f"wrote {path}")
 
 
+def _add_diagnose(sub) -> None:
+    p = sub.add_parser("diagnose", help="does the exposure controller's reward rank reveal ratios like accuracy?")
+    what = p.add_subparsers(dest="what", required=True)
+    r = what.add_parser("rewards", help="correlation of α with each reward part in a run's exposure.jsonl")
+    r.add_argument("run_dir")
+    c = what.add_parser("credit", help="first-order probe credit of every ratio on one model, same rollouts")
+    c.add_argument("--model", required=True)
+    c.add_argument("--data", required=True, help="training problems (probe and sample drawn from them)")
+    c.add_argument("--ratios", default="0,0.25,0.5,0.75,1")
+    c.add_argument("--n", type=int, default=256, help="problems sampled (one rollout each)")
+    c.add_argument("--probe-size", type=int, default=16)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--divergence", default="reverse_kl")
+    c.add_argument("--probe", default="reference", choices=["reference", "accuracy"],
+                   help="the probe objective whose descent direction scores the ratios")
+    c.add_argument("--samples", type=int, default=4, help="--probe accuracy: samples per probe problem")
+    c.add_argument("--bench", default=None, help="a bench folder: compare with its fixed-ratio test accuracy")
+    c.add_argument("--out", default=None, help="write the table as JSON here")
+
+
+def _run_diagnose(args) -> None:
+    import json
+
+    from atesd.experiments.exposure_diagnostic import reward_correlations, run_credit_diagnostic
+
+    if args.what == "rewards":
+        result = reward_correlations(args.run_dir)
+        print(f"{result['decisions']} credited decisions; correlation of {result['x']} with:")
+        for part, value in result["parts"].items():
+            lo, hi = value["ci95"]
+            print(f"  {part}: r = {value['r']:+.3f} (95% CI {lo:+.3f} … {hi:+.3f}, n = {value['n']})")
+        print(json.dumps(result))
+        return
+    ratios = [float(r) for r in args.ratios.split(",")]
+    run_credit_diagnostic(args.model, args.data, ratios, args.n, args.probe_size, args.seed, args.bench, args.out,
+                          args.divergence, args.probe, args.samples)
+
+
 COMMANDS = {"eval": (_add_eval, _run_eval), "toy": (_add_toy, _run_toy),
             "train": (_add_train, _run_train), "demo": (_add_demo, _run_demo),
             "report": (_add_report, _run_report), "mismatch": (_add_mismatch, _run_mismatch),
-            "bench": (_add_bench, _run_bench)}
+            "bench": (_add_bench, _run_bench), "diagnose": (_add_diagnose, _run_diagnose)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from atesd.checkpoint import RunDir
 from atesd.config import TrainConfig, save_config
 from atesd.data import load_problems
-from atesd.exposure import make_exposure_policy
+from atesd.exposure import ProbeCredit, make_exposure_policy
 from atesd.models import load_model, load_tokenizer, output_head, save_trained
 from atesd.objectives import make_objective
 from atesd.optim import make_optimizer, make_scheduler
@@ -58,6 +58,16 @@ def _engine_options(cfg: TrainConfig) -> dict:
     return {"batch_size": cfg.rollout.batch_size, "decoder": cfg.rollout.hf_decoder}
 
 
+def _check_credit_supported(cfg: TrainConfig, accelerator) -> None:
+    """The counterfactual credit perturbs the full float32 weights (`atesd.exposure.credit`)."""
+    if cfg.model.dtype != "float32":
+        raise ValueError("exposure.reward=counterfactual needs model.dtype=float32 (its central difference "
+                         "would drown in bfloat16 rounding)")
+    if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
+        raise ValueError(f"exposure.reward=counterfactual perturbs the full parameters; it does not run under "
+                         f"{accelerator.distributed_type.name} (use DDP or one process)")
+
+
 def _load_training_problems(cfg: TrainConfig) -> list:
     columns = {"problem": cfg.data.problem_column, "solution": cfg.data.solution_column,
                **({"answer": cfg.data.answer_column} if cfg.data.answer_column else {})}
@@ -79,6 +89,7 @@ class TrainingRun:
     objective: object
     exposure: object
     probe: ExposureProbe | None
+    credit: ProbeCredit | None
     optimizer: torch.optim.Optimizer
     scheduler: object
     engine: object
@@ -115,17 +126,21 @@ class TrainingRun:
         teacher = Teacher(cfg.teacher.kind, policy, cfg.teacher.ema_decay)
         objective = make_objective(cfg.loss)
         exposure = make_exposure_policy(cfg.exposure, total_steps=cfg.steps)
-        probe = None
+        probe = credit = None
         if exposure.needs_probe_nll or exposure.needs_grounding_score:
             problems, probe_set, grounding_set = hold_out_probe(problems, cfg.exposure.probe_size, cfg.seed)
             probe = ExposureProbe(probe_set, grounding_set, tokenizer, cfg.prompts, cfg.loss.chunk_size,
                                   exposure.needs_probe_nll, exposure.needs_grounding_score)
+            if exposure.needs_credit:
+                _check_credit_supported(cfg, accelerator)
+                credit = ProbeCredit(probe_set, tokenizer, cfg.prompts, cfg.loss, cfg.exposure.credit_step,
+                                     refresh_every=cfg.exposure.credit_refresh_steps)
         optimizer = make_optimizer(policy, cfg.optim)
         scheduler = make_scheduler(optimizer, cfg.optim, cfg.steps)
         policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
         unwrapped = accelerator.unwrap_model(policy)
         run = cls(cfg, accelerator, run_dir, tokenizer, policy, unwrapped, output_head(unwrapped), teacher, problems,
-                  PromptSampler(len(problems), cfg.prompts_per_step, cfg.seed), objective, exposure, probe,
+                  PromptSampler(len(problems), cfg.prompts_per_step, cfg.seed), objective, exposure, probe, credit,
                   optimizer, scheduler, make_rollout_engine(cfg.rollout.backend, unwrapped, tokenizer,
                                                             **_engine_options(cfg)),
                   Validator(cfg, tokenizer, out, validation_problems) if validation_problems is not None else None)
@@ -147,6 +162,13 @@ class TrainingRun:
         if self.validator is not None:
             self.validator.load_state_dict(components["validation"])
         self.engine.sync_weights(self.unwrapped)
+
+    def exposure_wants_credit(self, step: int) -> bool:
+        """Whether step t's paired credit is measured: the policy decides on rank 0 (broadcast)."""
+        holder = [self.exposure.wants_credit(step) if self.accelerator.is_main_process else None]
+        if self.world > 1:
+            broadcast_object_list(holder, from_process=0)
+        return bool(holder[0])
 
     def steps(self):
         """The steps still to run, with a progress bar on the main process."""

@@ -4,11 +4,14 @@ Per optimizer step t (ATESD, arXiv 2605.11458, Algorithm 1; OPSD, arXiv 2601.187
 timed and logged as `timing/<phase>_s`:
 
   sample   ŷ ~ p_S(·|x) for this process's prompts (one generation call for all micro-batches)
-  decide   the reveal ratio α_t from the exposure policy (rank 0 decides, every rank uses it);
-           after sampling, because α only shapes the teacher's view of the rollout
+  decide   the reveal ratio α of every example from the exposure policy (rank 0 decides, every
+           rank uses it): one α for the batch (ATESD) or one per example (per-difficulty,
+           per-example policies); after sampling, because α only shapes the teacher's view of
+           the rollout, and per-example policies look at the rollout
   views    student = student prompt + ŷ; teacher = teacher prompt with ỹ*_α + the same ŷ
   loss     the objective's per-token loss on completion positions, micro-batch by micro-batch
   probe    the controller's probe NLL and grounding score g_t on θ_t (learned exposure only)
+  credit   reward="counterfactual": the paired first-order probe credit of α and α′ on θ_t
   update   clip gradients, optimizer and scheduler step; EMA teacher; sync the rollout engine
   observe  the step's summary → the exposure policy (reward, controller update)
 then validation when due (`timing/validate_s`, outside `timing/step_s`), metrics.jsonl and
@@ -25,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, gather_object
 
 from atesd.answers import score_batch
 from atesd.config import TrainConfig
-from atesd.exposure import signals_from
+from atesd.exposure import ExampleContext, StepCredit, signals_from
 from atesd.metrics import summarize_step
 from atesd.objectives import StepViews
 from atesd.prompts import reference_completion, student_prompt, teacher_view
@@ -73,20 +76,24 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         with timer("sample"):
             batch, prompts, completions, rollouts, correct = sample(run, step)
         with timer("decide"):
-            reveal_ratio = decide(run, step)
+            ratios, counterfactual, reveal_ratio = decide(run, step, batch, completions, rollouts, correct)
         with timer("views"):
-            micro_batches = build_views(run, batch, prompts, completions, correct, reveal_ratio)
+            micro_batches = build_views(run, batch, prompts, completions, correct, ratios)
         with timer("loss"):
             loss_sum, stats = loss_and_backward(run, micro_batches, len(batch))
         with timer("probe"):
             measured = run.probe.measure(run.unwrapped, run.teacher, reveal_ratio) if run.probe else {}
+        credit = None
+        if run.credit is not None and run.exposure_wants_credit(step):
+            with timer("credit"):
+                credit = measure_credit(run, step, batch, prompts, completions, ratios, counterfactual)
         with timer("update"):
             finite, grad_norm = update(run, loss_sum)
         with timer("observe"):
             summary = summarize_step(run.accelerator, loss_sum, stats, rollouts, correct, completions)
             if run.accelerator.is_main_process:
                 signals = signals_from(summary, measured) if finite else None
-                for record in run.exposure.observe(step, signals):
+                for record in run.exposure.observe(step, signals, credit):
                     run.dir.append("exposure.jsonl", {"step": step, **record})
         metrics = {"step": step, **summary.metrics(), "exposure/reveal_ratio": reveal_ratio,
                    **{f"exposure/{k}": v for k, v in measured.items()}, "train/grad_norm": grad_norm,
@@ -125,15 +132,23 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 1_009 + rank * 7) % (2**31 - 1)
 
 
-def decide(run: TrainingRun, step: int) -> float:
-    """α_t is global: decided on rank 0, broadcast to every rank."""
-    holder = [run.exposure.ratio_for_step(step) if run.accelerator.is_main_process else None]
+def decide(run: TrainingRun, step: int, batch, completions, rollouts, correct):
+    """This process's ratios (and counterfactual ratios, or None) and the batch's mean α: the policy
+    decides on rank 0 from every process's example contexts and the choice is broadcast."""
+    max_new = run.cfg.rollout.max_new_tokens
+    contexts = [ExampleContext(p.difficulty, bool(ok), sum(r.logprobs) / max(1, len(r.logprobs)) if r else 0.0,
+                               len(c) / max_new)
+                for p, c, r, ok in zip(batch, completions, rollouts or [None] * len(batch), correct)]
+    everyone = gather_object(contexts) if run.world > 1 else contexts
+    holder = [run.exposure.decide(step, everyone) if run.accelerator.is_main_process else None]
     if run.world > 1:
         broadcast_object_list(holder, from_process=0)
-    return float(holder[0])
+    choice, mine = holder[0], slice(run.rank * len(batch), (run.rank + 1) * len(batch))
+    counterfactual = None if choice.counterfactual is None else choice.counterfactual[mine]
+    return choice.ratios[mine], counterfactual, choice.mean
 
 
-def build_views(run: TrainingRun, batch, prompts, completions, correct, reveal_ratio: float) -> list[StepViews]:
+def build_views(run: TrainingRun, batch, prompts, completions, correct, ratios: list[float]) -> list[StepViews]:
     """The student and teacher sequences of each gradient-accumulation micro-batch."""
     cfg, device, pad = run.cfg, run.accelerator.device, run.tokenizer.pad_token_id
     size = len(batch) // cfg.optim.grad_accum_steps
@@ -142,7 +157,7 @@ def build_views(run: TrainingRun, batch, prompts, completions, correct, reveal_r
         rows = slice(start, start + size)
         teacher = None
         if run.objective.needs_teacher_view:
-            teacher_prompts = [teacher_view(run.tokenizer, p, reveal_ratio, cfg.prompts) for p in batch[rows]]
+            teacher_prompts = [teacher_view(run.tokenizer, p, a, cfg.prompts) for p, a in zip(batch[rows], ratios[rows])]
             teacher = build_sequences(teacher_prompts, completions[rows], pad, device)
         views.append(StepViews(
             student=build_sequences(prompts[rows], completions[rows], pad, device), teacher=teacher,
@@ -163,6 +178,22 @@ def loss_and_backward(run: TrainingRun, micro_batches: list[StepViews], rollouts
         loss_sum += loss.detach()
         stats.append(micro_stats)
     return loss_sum, stats
+
+
+def measure_credit(run: TrainingRun, step: int, batch, prompts, completions, ratios, counterfactual) -> StepCredit:
+    """The paired first-order credit c_i(α_i), c_i(α′_i) of this process's first examples (their share
+    of exposure.credit_examples), gathered on rank 0 as a StepCredit with global example indices."""
+    cfg, tokenizer, device = run.cfg, run.tokenizer, run.accelerator.device
+    k = max(1, min(len(batch), cfg.exposure.credit_examples // run.world))
+    pad = tokenizer.pad_token_id
+    student = build_sequences(prompts[:k], completions[:k], pad, device)
+    views = [build_sequences([teacher_view(tokenizer, p, a, cfg.prompts) for p, a in zip(batch[:k], arm[:k])],
+                             completions[:k], pad, device) for arm in (ratios, counterfactual)]
+    values = run.credit.measure(run.unwrapped, run.teacher, student, views,
+                                run.credit.direction_at(step, run.unwrapped, run.optimizer))
+    mine = [(run.rank * len(batch) + i, float(values[0, i]), float(values[1, i])) for i in range(k)]
+    everyone = gather_object(mine) if run.world > 1 else mine
+    return StepCredit(*(tuple(column) for column in zip(*everyone)))
 
 
 def update(run: TrainingRun, loss_sum) -> tuple[bool, float]:

@@ -35,7 +35,8 @@ def quick_bench(tiny_model_dir, data_dir, tmp_path_factory):
 def test_method_table_has_every_method_once():
     names = [m.name for m in METHODS]
     assert names == ["base", "sft", "grpo", "opsd", "fixed-0", "fixed-0.25", "fixed-0.5", "fixed-0.75", "random",
-                     "schedule", "atesd", "atesd-one-step", "atesd-no-gt"]
+                     "schedule", "atesd", "atesd-per-example", "atesd-paper", "atesd-discounted",
+                     "atesd-one-step", "atesd-no-gt"]
     assert [m.name for m in METHODS if not m.trains] == ["base"]
 
 
@@ -51,10 +52,19 @@ def test_every_method_config_loads_with_the_same_rollout_budget(tmp_path, tiny_m
             assert (cfg.loss.objective, cfg.exposure.policy) == expected[method.name]
         if method.name == "fixed-0.25":
             assert cfg.exposure.reveal_ratio == 0.25
+        if method.name == "atesd":
+            assert (cfg.exposure.reward, cfg.exposure.granularity) == ("counterfactual", "global")
+        if method.name == "atesd-per-example":
+            assert (cfg.exposure.reward, cfg.exposure.granularity) == ("counterfactual", "per_example")
+        if method.name.startswith("atesd-") and method.name != "atesd-per-example":  # the paper's controller
+            assert cfg.exposure.hold_steps == 4 and cfg.exposure.decisions_per_update == 4
+        if method.name == "atesd-paper":
+            assert (cfg.exposure.reward, cfg.exposure.progress_signal, cfg.exposure.lookahead_steps) == (
+                "discounted", "distill_loss", 8)
         if method.name == "atesd-one-step":
             assert cfg.exposure.reward == "one_step"
         if method.name == "atesd-no-gt":
-            assert cfg.exposure.grounding_weight == 0
+            assert cfg.exposure.grounding_weight == 0 and cfg.exposure.reward == "discounted"
     grpo = method_config(METHODS[2], 0, FULL_BUDGET, tmp_path / "g", str(tiny_model_dir), str(data_dir))
     assert (grpo.prompts_per_step, grpo.rollout.num_generations) == (4, 8)
 

@@ -44,8 +44,8 @@ def _learned_exposure() -> list[dict]:
     records: list[dict] = []
     for step in range(0, STEPS, 4):
         a, b = 2.0 + step / 4, 2.0
-        records.append({"step": step, "event": "decision", "decision_step": step, "sampled_ratio": 0.03,
-                        "used_ratio": 0.05, "state": {"progress": step / STEPS},
+        records.append({"step": step, "event": "decision", "decision_step": step, "raw_reveal_ratio": 0.03,
+                        "reveal_ratio": 0.05, "state": {"progress": step / STEPS},
                         "beta_a": a, "beta_b": b, "beta_mean": a / (a + b)})
     for step in (8, 16):
         for decision_step in (step - 8, step - 4):
@@ -77,7 +77,7 @@ def fixed_run(tmp_path) -> Path:
     metrics = [{**_metrics(s), "exposure/reveal_ratio": 1.0} for s in range(10)]
     _write_jsonl(tmp_path / "metrics.jsonl", metrics)
     _write_jsonl(tmp_path / "exposure.jsonl", [{"step": 0, "event": "decision", "decision_step": 0,
-                                                "sampled_ratio": 1.0, "used_ratio": 1.0}])
+                                                "raw_reveal_ratio": 1.0, "reveal_ratio": 1.0}])
     return tmp_path
 
 

@@ -8,11 +8,24 @@ from omegaconf import OmegaConf
 from atesd.exposure import ExposureConfig
 
 
-def test_defaults_match_the_method_notes():
+def test_defaults_match_the_method_notes_with_the_documented_changes():
     cfg = ExposureConfig()
-    assert (cfg.hold_steps, cfg.lookahead_steps, cfg.discount) == (4, 8, 0.9)
+    assert (cfg.hold_steps, cfg.discount) == (4, 0.9)
     assert (cfg.grounding_weight, cfg.decisions_per_update, cfg.entropy_coef) == (0.1, 4, 0.1)
     assert (cfg.ratio_min, cfg.ratio_max, cfg.target_entropy) == (0.05, 1.0, None)
+    # the changes that let the controller learn within one run (docs/algorithm.md): no credit from
+    # the next window, an α-independent held-out progress signal, G_gt on G_lp's scale, a faster rate
+    assert cfg.lookahead_steps <= cfg.hold_steps
+    assert (cfg.progress_signal, cfg.grounding_scale, cfg.policy_lr) == ("probe_nll", "zscore", 1e-2)
+    assert (cfg.reward, cfg.granularity) == ("discounted", "global")
+
+
+def test_the_papers_choices_are_one_override_each():
+    from atesd.config import load_config
+
+    paper = load_config("configs/toy-atesd-paper.yaml").exposure
+    assert (paper.lookahead_steps, paper.progress_signal, paper.grounding_scale, paper.policy_lr) == (
+        8, "distill_loss", "none", 1e-3)
 
 
 def test_config_round_trips_through_an_omegaconf_structured_config():
@@ -38,6 +51,8 @@ def test_config_round_trips_through_an_omegaconf_structured_config():
         ({"random_beta_a": 0.0}, "Beta shape"),
         ({"ema_decay": 1.0}, "ema_decay"),
         ({"target_entropy": float("nan")}, "null uses the entropy of Beta\\(2, 2\\)"),
+        ({"granularity": "per_example"}, "needs exposure.reward=counterfactual"),
+        ({"difficulty_ratios": []}, "difficulty_ratios"),
     ],
 )
 def test_invalid_fields_are_rejected_with_a_remedy(overrides, message):

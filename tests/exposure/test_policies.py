@@ -54,7 +54,7 @@ def test_fixed_policy_logs_one_decision_at_its_first_step():
         policy.ratio_for_step(step)
         records += policy.observe(step, SIGNALS)
     assert records == [{"event": "decision", "step": 0, "decision_step": 0,
-                        "sampled_ratio": 0.5, "used_ratio": 0.5}]
+                        "raw_reveal_ratio": 0.5, "reveal_ratio": 0.5}]
 
 
 def test_schedule_is_linear_from_start_at_step_zero_to_end_at_the_last_step():
@@ -132,3 +132,14 @@ def test_baseline_resume_from_a_weights_only_checkpoint_equals_the_uninterrupted
     second = make_exposure_policy(cfg, 37)
     second.load_state_dict(torch.load(buffer, weights_only=True))
     assert before + _ratios(second, 37, start=14) == uninterrupted
+
+
+def test_by_difficulty_gives_each_example_its_levels_ratio():
+    from atesd.exposure import ByDifficultyExposure, ExampleContext
+
+    cfg = ExposureConfig(policy="by_difficulty", difficulty_ratios=[1.0, 1.0, 0.75, 0.5], reveal_ratio=0.25)
+    policy = make_exposure_policy(cfg, total_steps=3)
+    assert isinstance(policy, ByDifficultyExposure)
+    contexts = [ExampleContext(level, True, -0.1, 0.2) for level in (1, 3, 4, 6, None)]
+    assert policy.decide(0, contexts).ratios == [1.0, 0.75, 0.5, 0.5, 0.25]
+    policy.observe(0, SIGNALS)

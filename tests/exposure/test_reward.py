@@ -83,10 +83,12 @@ def _score(step: int) -> float:
 
 
 def test_lookahead_windows_with_hold_4_and_lookahead_8_use_losses_t0_to_t0_plus_8():
-    """H=4, L=8, B=4: decisions at 0, 4, 8, …; decision t0 closes after observe(t0+8) and uses
-    ℓ_{t0} … ℓ_{t0+8} and g_{t0+1} … g_{t0+8}; overlapping lookaheads share steps."""
+    """The paper's reward (distillation loss, unscaled): H=4, L=8, B=4: decisions at 0, 4, 8, …;
+    decision t0 closes after observe(t0+8) and uses ℓ_{t0} … ℓ_{t0+8} and g_{t0} … g_{t0+7};
+    overlapping lookaheads share steps."""
     cfg = ExposureConfig(policy="learned", hold_steps=4, lookahead_steps=8, discount=0.9,
-                         grounding_weight=0.1, decisions_per_update=4)
+                         grounding_weight=0.1, decisions_per_update=4, progress_signal="distill_loss",
+                         grounding_scale="none")
     policy = LearnedExposure(cfg, total_steps=40)
     credits, updates, decisions = [], [], []
     for step in range(37):
@@ -106,7 +108,7 @@ def test_lookahead_windows_with_hold_4_and_lookahead_8_use_losses_t0_to_t0_plus_
         t0 = credit["decision_step"]
         assert credit["closed_step"] == t0 + 8
         expected_lp = discounted_progress([_loss(t) for t in range(t0, t0 + 9)], 0.9)
-        expected_gt = grounding_return([_score(t) for t in range(t0 + 1, t0 + 9)], 0.9)
+        expected_gt = grounding_return([_score(t) for t in range(t0, t0 + 8)], 0.9)
         assert credit["progress_return"] == pytest.approx(expected_lp, abs=1e-12)
         assert credit["grounding_return"] == pytest.approx(expected_gt, abs=1e-12)
         assert credit["reward"] == pytest.approx(expected_lp + 0.1 * expected_gt, abs=1e-12)
@@ -119,7 +121,7 @@ def test_lookahead_windows_with_hold_4_and_lookahead_8_use_losses_t0_to_t0_plus_
 
 def test_one_step_reward_closes_each_decision_after_the_next_step():
     cfg = ExposureConfig(policy="learned", hold_steps=4, reward="one_step", grounding_weight=0.0,
-                         decisions_per_update=2)
+                         decisions_per_update=2, progress_signal="distill_loss")
     policy = LearnedExposure(cfg, total_steps=10)
     credits = []
     for step in range(9):

@@ -3,7 +3,6 @@
 import json
 import sys
 
-import torch
 
 from atesd.config import load_config
 from atesd.train import train

@@ -80,9 +80,14 @@ METHODS: tuple[Method, ...] = (
     Method("fixed-0.75", "toy-opsd.yaml", ("exposure.reveal_ratio=0.75",)),
     Method("random", "toy-opsd.yaml", ("exposure.policy=random", "exposure.hold_steps=4")),  # U[0.05, 1]
     Method("schedule", "toy-opsd.yaml", ("exposure.policy=schedule",)),  # 0.25 → 1, linear
-    Method("atesd", "toy-atesd.yaml"),
-    Method("atesd-one-step", "toy-atesd.yaml", ("exposure.reward=one_step",)),
-    Method("atesd-no-gt", "toy-atesd.yaml", ("exposure.grounding_weight=0",)),
+    Method("atesd", "toy-atesd.yaml"),  # paired counterfactual credit, one global α per step
+    Method("atesd-per-example", "toy-atesd.yaml", ("exposure.granularity=per_example",)),
+    Method("atesd-paper", "toy-atesd-paper.yaml"),  # the paper's controller as published
+    Method("atesd-discounted", "toy-atesd-paper.yaml",  # the paper's reward with our fixes
+           ("exposure.progress_signal=probe_nll", "exposure.lookahead_steps=4", "exposure.grounding_scale=zscore",
+            "exposure.policy_lr=1e-2")),
+    Method("atesd-one-step", "toy-atesd-paper.yaml", ("exposure.reward=one_step",)),
+    Method("atesd-no-gt", "toy-atesd-paper.yaml", ("exposure.grounding_weight=0",)),
 )
 METHODS_BY_NAME = {m.name: m for m in METHODS}
 
@@ -130,7 +135,7 @@ def planned_seconds(budget: BenchBudget, methods: Sequence[Method], n_seeds: int
     for method in methods:
         evaluation = (budget.test.n_problems or 500) * budget.test.k
         if method.trains:  # the exposure-controller configs pay for probe forwards (an upper bound)
-            overhead = LEARNED_OVERHEAD if method.config == "toy-atesd.yaml" else 1.0
+            overhead = LEARNED_OVERHEAD if method.config.startswith("toy-atesd") else 1.0
             total += budget.rollouts_per_run * SECONDS_PER_ROLLOUT * overhead
             evaluation += validations * budget.val_problems * budget.val_k
         else:

@@ -40,7 +40,7 @@ def _trajectory(run_dir: Path) -> list[tuple[int, float]]:
     if not path.exists():
         return []
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [(r["decision_step"], r["used_ratio"]) for r in records if r.get("event") == "decision"]
+    return [(r["decision_step"], r["reveal_ratio"]) for r in records if r.get("event") == "decision"]
 
 
 def summarise_ratios(trajectory: list[tuple[int, float]], block: int = 100) -> str:

@@ -227,17 +227,17 @@ def _panel_figure(path: Path, panels: list[Panel]) -> Path | None:
 
 def plot_reveal_ratio(logs: RunLogs, path: Path) -> Path | None:
     steps, ratios = _series(logs.metrics, "exposure/reveal_ratio")
-    sampled = _series(logs.decisions, "sampled_ratio", "decision_step")
-    used = _series(logs.decisions, "used_ratio", "decision_step")
+    sampled = _series(logs.decisions, "raw_reveal_ratio", "decision_step")
+    used = _series(logs.decisions, "reveal_ratio", "decision_step")
     if not (steps or sampled[0] or used[0]):
         return None
     fig, (ax,) = _figure(1)
     if steps:  # a step line: α is held between decisions
         ax.plot(steps, ratios, color="C0", drawstyle="steps-post", label="exposure/reveal_ratio")
     if sampled[0]:
-        ax.scatter(*sampled, facecolors="none", edgecolors="C1", label="decision sampled_ratio (α_raw)")
+        ax.scatter(*sampled, facecolors="none", edgecolors="C1", label="decision raw_reveal_ratio (α_raw)")
     if used[0]:
-        ax.scatter(*used, marker="x", color="C2", label="decision used_ratio (α)")
+        ax.scatter(*used, marker="x", color="C2", label="decision reveal_ratio (α)")
     ax.set_ylim(-0.03, 1.03)
     _style(ax, "step", "reveal_ratio")
     return save_figure(fig, path)

@@ -1,7 +1,7 @@
 """Exposure: how much of the reference the teacher sees at each step (the reveal ratio α).
 
 `make_exposure_policy(cfg, total_steps)` builds the policy named by `ExposureConfig.policy`; the
-training loop drives it with `ratio_for_step(t)` and `observe(t, TrainingSignals(...))` on rank 0
+training loop drives it with `decide(t, contexts)` and `observe(t, TrainingSignals(...), credit)` on rank 0
 (protocol in `atesd.exposure.policies`). The learned policy is the ATESD controller (arXiv
 2605.11458); its rewards are pure functions in `atesd.exposure.reward`.
 """
@@ -15,8 +15,13 @@ from atesd.exposure.learned import (
     default_target_entropy,
     entropy_penalty,
 )
+from atesd.exposure.credit import ProbeCredit, StepCredit
+from atesd.exposure.per_example import PerExampleExposure
 from atesd.exposure.policies import (
+    ByDifficultyExposure,
+    ExposureChoice,
     ExposurePolicy,
+    GlobalLearnedExposure,
     FixedExposure,
     RandomExposure,
     ScheduleExposure,
@@ -33,12 +38,20 @@ from atesd.exposure.reward import (
 from atesd.exposure.state import (
     FEATURE_NAMES,
     N_FEATURES,
+    ExampleContext,
     ExposureStateTracker,
     TrainingSignals,
     signals_from,
 )
 
 __all__ = [
+    "ByDifficultyExposure",
+    "ExampleContext",
+    "ExposureChoice",
+    "GlobalLearnedExposure",
+    "PerExampleExposure",
+    "ProbeCredit",
+    "StepCredit",
     "FEATURE_NAMES",
     "N_FEATURES",
     "BetaPolicyNetwork",

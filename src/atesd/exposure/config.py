@@ -6,15 +6,25 @@ how to fix it. Field comments name the paper symbol (ATESD, arXiv 2605.11458, se
 
 Departures from the paper:
   1. The paper only describes the learned controller; "fixed", "random" and "schedule" are the
-     baselines of its ablations (fixed α, uniformly random α) plus a linear curriculum of ours.
+     baselines of its ablations (fixed α, uniformly random α) plus a linear curriculum of ours;
+     "by_difficulty" (a fixed α per difficulty level) is the oracle check of per-difficulty exposure.
   2. Every number marked "our choice" in the method notes is a field here (H, L, γ, λ_gt, B, ...).
+  3. Defaults that make the controller able to learn within one run (docs/algorithm.md, "The
+     controller's defaults"): the progress signal is the held-out probe NLL (α-independent), the
+     lookahead equals the hold window (no credit from the next decision's window), G_gt is
+     z-scored before λ_gt weighs it, and the policy's Adam rate is 1e-2. The paper's own choices
+     are one override each: progress_signal=distill_loss lookahead_steps=8 grounding_scale=none
+     policy_lr=1e-3 (configs/toy-atesd-paper.yaml).
+  4. Ours, beyond the paper: reward="counterfactual" (paired first-order credit on the held-out
+     probe, `atesd.exposure.credit`) and granularity="per_example" (one α per example from a
+     contextual policy, `atesd.exposure.per_example`).
 """
 
 from __future__ import annotations
 
 import math
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 
@@ -24,9 +34,12 @@ class ExposureConfig:
 
     # Which policy picks α: "fixed" (constant reveal_ratio), "random" (untrained, one draw per
     # hold window), "schedule" (linear schedule_start → schedule_end), "learned" (ATESD controller).
-    policy: Literal["fixed", "random", "schedule", "learned"] = "fixed"
+    policy: Literal["fixed", "random", "schedule", "by_difficulty", "learned"] = "fixed"
     # α for policy="fixed". 1.0 is OPSD (full reference), 0.0 shows only the final answer.
     reveal_ratio: float = 1.0
+    # policy="by_difficulty": α for difficulty 1, 2, … (the last value for higher levels);
+    # examples without a difficulty get reveal_ratio.
+    difficulty_ratios: list[float] = field(default_factory=lambda: [1.0])
     # policy="random": "uniform" draws α ~ U[ratio_min, ratio_max]; "beta" draws α_raw ~ Beta(a, b)
     # and clips it to [ratio_min, ratio_max] (an untrained controller).
     random_distribution: Literal["uniform", "beta"] = "uniform"
@@ -44,22 +57,44 @@ class ExposureConfig:
     ratio_max: float = 1.0
     # H: one sampled α is used for this many consecutive student updates (random, learned).
     hold_steps: int = 4
-    # L: lookahead of the discounted learning-progress reward, in student steps.
-    lookahead_steps: int = 8
+    # L: lookahead of the discounted learning-progress reward, in student steps. L ≤ H credits a
+    # decision with its own window only; the paper's L = 8 > H = 4 also pays it for the next one's.
+    lookahead_steps: int = 4
     # γ: discount of the lookahead reward.
     discount: float = 0.9
     # λ_gt: weight of the teacher-grounded return G_gt in R = G_lp + λ_gt·G_gt.
     grounding_weight: float = 0.1
+    # How G_lp and G_gt are put on one scale before λ_gt weighs them: "zscore" divides each by
+    # its running standard deviation over the decisions so far (the method's "after scaling");
+    # "none" adds them in their own units (nats), where G_gt's −1…−2 dwarfs G_lp's ~0.01.
+    grounding_scale: Literal["zscore", "none"] = "zscore"
     # "discounted": G_lp over L steps (paper). "one_step": the immediate change ℓ_{t0} − ℓ_{t0+1}
     # and G_gt = g_{t0+1} (the paper's ablation row has grounding_weight=0 as well).
-    reward: Literal["discounted", "one_step"] = "discounted"
-    # ℓ_t, the loss whose decrease is rewarded: "distill_loss" (paper) or "probe_nll" (does not
-    # depend on α, so the controller cannot earn reward by changing the loss it is scored on).
-    progress_signal: Literal["distill_loss", "probe_nll"] = "distill_loss"
+    # "counterfactual" (ours): each decision also draws a counterfactual α′ from the same policy;
+    # both are scored on the same θ_t and rollouts by the first-order decrease of the held-out
+    # probe NLL their gradients would give, and the paired difference is the reward.
+    reward: Literal["discounted", "one_step", "counterfactual"] = "discounted"
+    # ℓ_t, the loss whose decrease is rewarded: "probe_nll" (held out, does not depend on α, so
+    # the controller cannot earn reward by changing the loss it is scored on) or "distill_loss"
+    # (the paper's; its level rises with α).
+    progress_signal: Literal["probe_nll", "distill_loss"] = "probe_nll"
+    # "global": one α per hold window for the whole batch (paper). "per_example" (ours): a
+    # contextual policy draws one α per example from per-example features (difficulty, whether
+    # the rollout was right, its confidence and length); needs reward="counterfactual".
+    granularity: Literal["global", "per_example"] = "global"
+    # reward="counterfactual": examples per step (over all processes) whose paired credit is
+    # measured (each costs forwards under both ratios), and the step ε of the central difference
+    # along the unit probe direction.
+    credit_examples: int = 8
+    credit_step: float = 1e-2
+    # reward="counterfactual": the probe direction (a forward and backward on the probe set) is
+    # recomputed every this many steps and reused in between.
+    credit_refresh_steps: int = 4
     # B: completed decisions per controller update (REINFORCE batch).
     decisions_per_update: int = 4
-    # Adam learning rate of the controller parameters φ.
-    policy_lr: float = 1e-3
+    # Adam learning rate of the controller parameters φ (the paper's recipe: 1e-3, our choice there;
+    # too slow for the decisions one run gives, see docs/algorithm.md).
+    policy_lr: float = 1e-2
     # Width of the two hidden layers of the controller MLP f_φ.
     hidden_size: int = 64
     # Decay of the exponential moving averages in the state s: ema ← d·ema + (1 − d)·x.
@@ -68,11 +103,11 @@ class ExposureConfig:
     target_entropy: float | None = None
     # c: coefficient of the entropy penalty c·max(0, H[π_φ] − H_target)².
     entropy_coef: float = 0.1
-    # Reference solutions in the probe set (the student's NLL of them is the probe NLL) and,
-    # separately, in the grounding set (the teacher's log-prob of their withheld steps is g_t).
-    # The loop measures g_t every step and the probe NLL once per hold window (every step when
-    # progress_signal="probe_nll"); their cost is reported as timing/probe_s, timing/grounding_s.
-    probe_size: int = 8
+    # Problems held out of training for the probe set (the student's NLL of their references is the
+    # probe NLL; their NLL gradient is the counterfactual credit's direction) and, as many again,
+    # for the grounding set (the teacher's log-prob of their withheld steps is g_t). Measured
+    # every step on θ_t; their cost is timing/probe_s.
+    probe_size: int = 16
     # Seed of the controller's initial weights and of every random α draw.
     seed: int = 0
 
@@ -99,9 +134,19 @@ class ExposureConfig:
                 raise ValueError(
                     f"exposure.{name} must be > 0 (a Beta shape), got {value}; try 2.0"
                 )
+        if not self.difficulty_ratios or not all(0.0 <= r <= 1.0 for r in self.difficulty_ratios):
+            raise ValueError(f"exposure.difficulty_ratios must be a non-empty list of ratios in [0, 1], "
+                             f"got {self.difficulty_ratios}")
+        if self.granularity == "per_example" and self.reward != "counterfactual":
+            raise ValueError("exposure.granularity=per_example needs exposure.reward=counterfactual: the "
+                             "lookahead rewards measure the whole batch's progress and cannot credit one example")
+        if not (math.isfinite(self.credit_step) and self.credit_step > 0):
+            raise ValueError(f"exposure.credit_step must be > 0, got {self.credit_step}; try 1e-2")
         for name, default in (
             ("hold_steps", 4),
-            ("lookahead_steps", 8),
+            ("lookahead_steps", 4),
+            ("credit_examples", 8),
+            ("credit_refresh_steps", 4),
             ("hidden_size", 64),
             ("probe_size", 8),
         ):

@@ -23,18 +23,21 @@ from atesd.exposure.state import FEATURE_NAMES
 class ExposureDecision:
     """One choice of α, used from `step` until the policy's window changes.
 
-    sampled_ratio is α_raw (the learned and Beta-random policies sample it, then clip);
-    used_ratio is the α the loop trains with. state, beta_a, beta_b are set by the learned policy
+    raw_reveal_ratio is α_raw (the learned and Beta-random policies sample it, then clip);
+    reveal_ratio is the α the loop trains with. state, beta_a, beta_b are set by the learned policy
     only: the state vector s [N_FEATURES] it saw and the Beta(a, b) it sampled from.
+    counterfactual_raw_ratio: α′_raw, a second draw from the same Beta, scored but never trained
+    with (reward="counterfactual" only).
     """
 
     step: int
     window: int
-    sampled_ratio: float
-    used_ratio: float
+    raw_reveal_ratio: float
+    reveal_ratio: float
     state: tuple[float, ...] = ()
     beta_a: float | None = None
     beta_b: float | None = None
+    counterfactual_raw_ratio: float | None = None
 
     def record(self) -> dict:
         """The `exposure.jsonl` line for this decision (event "decision")."""
@@ -42,25 +45,28 @@ class ExposureDecision:
             "event": "decision",
             "step": self.step,
             "decision_step": self.step,
-            "sampled_ratio": self.sampled_ratio,
-            "used_ratio": self.used_ratio,
+            "raw_reveal_ratio": self.raw_reveal_ratio,
+            "reveal_ratio": self.reveal_ratio,
         }
         if self.beta_a is not None and self.beta_b is not None:
             record["state"] = dict(zip(FEATURE_NAMES, self.state))
             record["beta_a"] = self.beta_a
             record["beta_b"] = self.beta_b
             record["beta_mean"] = self.beta_a / (self.beta_a + self.beta_b)
+        if self.counterfactual_raw_ratio is not None:
+            record["counterfactual_raw_ratio"] = self.counterfactual_raw_ratio
         return record
 
     def to_state(self) -> dict:
         return {
             "step": self.step,
             "window": self.window,
-            "sampled_ratio": self.sampled_ratio,
-            "used_ratio": self.used_ratio,
+            "raw_reveal_ratio": self.raw_reveal_ratio,
+            "reveal_ratio": self.reveal_ratio,
             "state": list(self.state),
             "beta_a": self.beta_a,
             "beta_b": self.beta_b,
+            "counterfactual_raw_ratio": self.counterfactual_raw_ratio,
         }
 
     @classmethod
@@ -68,12 +74,27 @@ class ExposureDecision:
         return cls(
             step=int(state["step"]),
             window=int(state["window"]),
-            sampled_ratio=float(state["sampled_ratio"]),
-            used_ratio=float(state["used_ratio"]),
+            raw_reveal_ratio=float(state["raw_reveal_ratio"]),
+            reveal_ratio=float(state["reveal_ratio"]),
             state=tuple(float(x) for x in state["state"]),
             beta_a=None if state["beta_a"] is None else float(state["beta_a"]),
             beta_b=None if state["beta_b"] is None else float(state["beta_b"]),
+            counterfactual_raw_ratio=None if state.get("counterfactual_raw_ratio") is None
+            else float(state["counterfactual_raw_ratio"]),
         )
+
+
+@dataclass(frozen=True)
+class ExposureChoice:
+    """The reveal ratio of every example of a step's global batch, and the counterfactual ratio each
+    is also scored with (reward="counterfactual"; None otherwise)."""
+
+    ratios: list[float]
+    counterfactual: list[float] | None = None
+
+    @property
+    def mean(self) -> float:
+        return sum(self.ratios) / len(self.ratios)
 
 
 class StepClock:

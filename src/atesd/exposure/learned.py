@@ -1,32 +1,40 @@
 """The ATESD exposure controller: a Beta policy over the reveal ratio, trained by REINFORCE.
 
 ATESD (arXiv 2605.11458), controller section:
-  * f_φ is an MLP N_FEATURES → hidden → hidden → 2 with tanh; (a, b) = 1 + softplus(f_φ(s)), so
+  * f_φ is an MLP n_features → hidden → hidden → 2 with tanh; (a, b) = 1 + softplus(f_φ(s)), so
     a, b > 1 and Beta(a, b) is unimodal. The output bias starts at softplus⁻¹(1) = log(e − 1) and
     the output weights small, so the initial policy is close to Beta(2, 2) (mean 0.5).
   * At the start of each hold window (every H steps) it samples α_raw ~ Beta(a, b) and uses
     α = clip(α_raw, α_min, α_max) for the H steps of the window.
-  * A decision taken at step t0 is pending until its lookahead closes after observe(t0 + L)
-    (ℓ_{t0} … ℓ_{t0+L} and g_{t0+1} … g_{t0+L}; indexing in `atesd.exposure.reward`), then earns
-    R = G_lp + λ_gt·G_gt. Lookaheads of consecutive decisions overlap when L > H.
-  * When B decisions have closed: A_j = (R_j − mean R)/(std R + ε) and one Adam step on
+  * reward="discounted" / "one_step": a decision taken at step t0 is pending until its lookahead
+    closes after observe(t0 + L) (ℓ_{t0} … ℓ_{t0+L} and g_{t0} … g_{t0+L−1}; `atesd.exposure.reward`),
+    then earns R = G_lp + λ_gt·G_gt (each z-scored first with grounding_scale="zscore").
+  * reward="counterfactual" (ours): the decision also draws α′_raw from the same Beta; on the first
+    step of its window the loop measures, on the same θ_t and rollouts, the first-order probe credit
+    of both (`atesd.exposure.credit`); R_j = mean over the credited rollouts of credit(α) −
+    credit(α′), a paired difference whose expectation under the policy is zero, so it needs no
+    baseline: A_j = R_j / RMS(R) (running). The decision closes at the end of its window.
+  * When B decisions have closed, one Adam step on
         L_ctrl = −(1/B) Σ_j A_j · log π_φ(α_raw_j | s_j) + c · max(0, H̄ − H_target)²
-    where H̄ is the Beta entropy averaged over the B decisions' states.
+    (counterfactual: −(1/2B) Σ_j A_j · [log π_φ(α_raw_j | s_j) − log π_φ(α′_raw_j | s_j)] + penalty)
+    where A_j = (R_j − mean R)/(std R + ε) for the lookahead rewards and H̄ is the mean Beta entropy.
 
-Distributed training: the controller lives on rank 0 only. The loop calls `ratio_for_step` and
-`observe` on rank 0 (with signals already averaged over ranks), broadcasts the float α to the
-other ranks, and saves this policy's `state_dict` from rank 0.
+Distributed training: the controller lives on rank 0 only. The loop calls `decide` and `observe`
+on rank 0 (with signals already averaged over ranks), broadcasts α to the other ranks, and saves
+this policy's `state_dict` from rank 0.
 
-Departures from the paper:
+Departures from the paper (all but 1–4 are options; docs/algorithm.md lists the defaults):
   1. The state has 7 features (see `atesd.exposure.state`), so the MLP input is 7, not 6.
   2. log π_φ(α_raw | s) is recomputed under the current φ at update time; decisions sampled under
      an older φ (at most B·H + L steps old) are not importance-corrected.
   3. α_raw is clamped into [1e-6, 1 − 1e-6] for the log-prob, so a draw that rounds to 0 or 1
      does not give an infinite log-prob.
-  4. The draw of α_raw for hold window w comes from a private stream seeded by (seed, w), not from
-     a global or saved generator, so a resumed run draws exactly what the uninterrupted run drew.
+  4. The draws of hold window w come from a private stream seeded by (seed, w), not from a global
+     or saved generator, so a resumed run draws exactly what the uninterrupted run drew.
   5. Decisions whose lookahead runs past the last training step, or contains a step without
      signals (observe(t, None)), never earn a reward and are never used for an update.
+  6. G_gt averages g over the decision's own steps t0 … t0+L−1 (the paper: t0+1 … t0+L, whose
+     last term is measured under the next decision's α when L = H).
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from atesd.exposure.config import ExposureConfig
 from atesd.exposure.decision import ExposureDecision, StepClock
 from atesd.exposure.reward import (
     DecisionReturn,
+    RunningScale,
     decision_reward,
     discounted_progress,
     grounding_return,
@@ -90,6 +99,12 @@ class BetaPolicyNetwork(nn.Module):
         shapes = 1.0 + nn.functional.softplus(self.layers(states))  # [N, 2]
         return shapes[:, 0], shapes[:, 1]
 
+    def shapes(self, state: list[float]) -> tuple[float, float]:
+        """(a, b) of one state, without gradient."""
+        with torch.no_grad():
+            a, b = self(torch.tensor([state], dtype=torch.float32))
+        return float(a[0]), float(b[0])
+
 
 def entropy_penalty(
     entropy: torch.Tensor, target_entropy: float, entropy_coef: float
@@ -106,14 +121,14 @@ def controller_loss(
     target_entropy: float,
     entropy_coef: float,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L_ctrl = −(1/B) Σ_j A_j log π_φ(α_raw_j | s_j) + c · max(0, H̄ − H_target)².
+    """L_ctrl = −(1/N) Σ_j A_j log π_φ(α_raw_j | s_j) + c · max(0, H̄ − H_target)².
 
-    states [B, F], raw_ratios [B] (α_raw, before clipping), advantages [B]. H̄ is the mean over j
+    states [N, F], raw_ratios [N] (α_raw, before clipping), advantages [N]. H̄ is the mean over j
     of the entropy of Beta(a(s_j), b(s_j)). Returns the loss and its metrics as floats.
     """
     beta_a, beta_b = network(states)
     policy = Beta(beta_a, beta_b)
-    log_probs = policy.log_prob(raw_ratios.clamp(LOG_PROB_EPS, 1.0 - LOG_PROB_EPS))  # [B]
+    log_probs = policy.log_prob(raw_ratios.clamp(LOG_PROB_EPS, 1.0 - LOG_PROB_EPS))  # [N]
     policy_loss = -(advantages * log_probs).mean()
     entropy = policy.entropy().mean()
     penalty = entropy_penalty(entropy, target_entropy, entropy_coef)
@@ -128,13 +143,32 @@ def controller_loss(
     return loss, metrics
 
 
+def policy_step(network: BetaPolicyNetwork, optimizer: torch.optim.Optimizer, states: torch.Tensor,
+                raw_ratios: torch.Tensor, advantages: torch.Tensor, target_entropy: float,
+                entropy_coef: float) -> dict[str, float]:
+    """One Adam step on `controller_loss`; its metrics."""
+    loss, metrics = controller_loss(network, states, raw_ratios, advantages, target_entropy, entropy_coef)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return metrics
+
+
+def clipped(cfg: ExposureConfig, raw: float) -> float:
+    """α = clip(α_raw, α_min, α_max)."""
+    return min(cfg.ratio_max, max(cfg.ratio_min, raw))
+
+
 @dataclass
-class _Lookahead:
-    """A decision whose lookahead is open: ℓ_{t0}, ℓ_{t0+1}, … and g_{t0+1}, … so far."""
+class _Pending:
+    """A decision whose credit is being collected: ℓ_{t0}, ℓ_{t0+1}, …, g_{t0}, … so far, or (reward
+    "counterfactual") the paired credit of each step of its window."""
 
     decision: ExposureDecision
     losses: list[float] = field(default_factory=list)
     scores: list[float | None] = field(default_factory=list)
+    paired: list[float] = field(default_factory=list)
+    steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -147,32 +181,37 @@ class _ClosedDecision:
 class LearnedExposure:
     """ATESD: α from a learned Beta policy, one draw per hold window, REINFORCE every B decisions.
 
-    Call protocol (rank 0 only): ratio_for_step(t) before step t's rollouts; observe(t, signals)
-    after step t's student update (signals=None if the step produced none). observe returns the
-    step's `exposure.jsonl` records.
+    Call protocol (rank 0 only): ratio_for_step(t) (or decide) before step t's teacher views;
+    observe(t, signals, credit) after step t's student update (signals=None if the step produced
+    none). observe returns the step's `exposure.jsonl` records.
     """
 
     kind = "learned"
-    needs_probe_nll = True  # a state feature; required every step when progress_signal="probe_nll"
+    needs_probe_nll = True  # a state feature, and ℓ_t by default
 
     def __init__(self, cfg: ExposureConfig, total_steps: int) -> None:
         self.cfg = cfg
-        self.needs_grounding_score = cfg.grounding_weight > 0.0
+        self.counterfactual = cfg.reward == "counterfactual"
+        self.needs_credit = self.counterfactual
+        self.needs_grounding_score = cfg.grounding_weight > 0.0 and not self.counterfactual
         if cfg.reward == "one_step":
             self._lookahead = 1
             self._progress = one_step_progress
-        else:
+        elif cfg.reward == "discounted":
             self._lookahead = cfg.lookahead_steps
             self._progress = lambda losses: discounted_progress(losses, cfg.discount)
+        else:
+            self._lookahead = cfg.hold_steps  # the decision's own window
         self.target_entropy = (
             default_target_entropy() if cfg.target_entropy is None else cfg.target_entropy
         )
         self.network = BetaPolicyNetwork(N_FEATURES, cfg.hidden_size, cfg.seed)
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=cfg.policy_lr)
         self.tracker = ExposureStateTracker(total_steps, cfg.ema_decay)
+        self.scales = {"progress": RunningScale(), "grounding": RunningScale(), "paired": RunningScale()}
         self._clock = StepClock()
         self._current: ExposureDecision | None = None
-        self._open: list[_Lookahead] = []
+        self._open: list[_Pending] = []
         self._closed: list[_ClosedDecision] = []
         self.updates = 0
 
@@ -182,40 +221,44 @@ class LearnedExposure:
             window = step // self.cfg.hold_steps
             if self._current is None or self._current.window != window:
                 self._current = self._decide(step, window)
-                self._open.append(_Lookahead(self._current))
-        return self._current.used_ratio
+                self._open.append(_Pending(self._current))
+        return self._current.reveal_ratio
+
+    def wants_credit(self, step: int) -> bool:
+        """reward="counterfactual": the paired credit is measured on the first step of each window."""
+        return self.counterfactual and step % self.cfg.hold_steps == 0
+
+    def counterfactual_ratio(self) -> float | None:
+        """α′ = clip(α′_raw) of the current window (reward="counterfactual"), else None."""
+        raw = self._current.counterfactual_raw_ratio if self._current is not None else None
+        return None if raw is None else clipped(self.cfg, raw)
 
     def _decide(self, step: int, window: int) -> ExposureDecision:
         state = self.tracker.features(step)
-        with torch.no_grad():
-            beta_a, beta_b = self.network(torch.tensor([state], dtype=torch.float32))
-        a, b = float(beta_a[0]), float(beta_b[0])
+        a, b = self.network.shapes(state)
         rng = random.Random(f"atesd.exposure.learned:{self.cfg.seed}:{window}")
         raw = rng.betavariate(a, b)
-        used = min(self.cfg.ratio_max, max(self.cfg.ratio_min, raw))
-        return ExposureDecision(
-            step=step,
-            window=window,
-            sampled_ratio=raw,
-            used_ratio=used,
-            state=tuple(state),
-            beta_a=a,
-            beta_b=b,
-        )
+        counterfactual = rng.betavariate(a, b) if self.counterfactual else None
+        return ExposureDecision(step=step, window=window, raw_reveal_ratio=raw, reveal_ratio=clipped(self.cfg, raw),
+                                state=tuple(state), beta_a=a, beta_b=b, counterfactual_raw_ratio=counterfactual)
 
-    def observe(self, step: int, signals: TrainingSignals | None) -> list[dict]:
-        """Fold in step t's signals; close lookaheads that end at t; update once B have closed.
+    def observe(self, step: int, signals: TrainingSignals | None, credit=None) -> list[dict]:
+        """Fold in step t's signals (and, for reward="counterfactual", its `StepCredit`); close the
+        decisions whose credit is complete at t; update once B have closed.
 
         Returns the records of step t, in order: the decision taken at t (if any), then, when the
         controller updated, one "credit" record per decision of the batch and one "update" record.
         signals=None marks a step without usable signals (e.g. a skipped non-finite update): every
-        open lookahead contains that step, so those decisions are dropped (a "dropped" record
+        open decision contains that step, so those decisions are dropped (a "dropped" record
         each) and never credited; the state's moving averages are left as they were.
         """
         if signals is None:
             return self._observe_missing(step)
         signals.require("top1_disagreement", "self_confidence")
-        loss = self._progress_value(signals)
+        if self.counterfactual and self.wants_credit(step) and credit is None:
+            raise ValueError("exposure.reward=counterfactual needs the paired credit of the first step of each "
+                             "hold window (the loop's credit phase); got none")
+        loss = None if self.counterfactual else self._progress_value(signals)
         score = signals.grounding_score
         if score is None and self.needs_grounding_score:
             raise ValueError(
@@ -225,18 +268,23 @@ class LearnedExposure:
         self._clock.end(step)
         assert self._current is not None
         records = [self._current.record()] if self._current.step == step else []
-        self.tracker.observe(self._current.used_ratio, signals)
+        self.tracker.observe(self._current.reveal_ratio, signals)
         still_open = []
-        for lookahead in self._open:
-            lookahead.losses.append(loss)
-            if step > lookahead.decision.step:
-                lookahead.scores.append(score)
-            if len(lookahead.losses) == self._lookahead + 1:
-                self._closed.append(
-                    _ClosedDecision(lookahead.decision, step, self._returns(lookahead))
-                )
+        for pending in self._open:
+            pending.steps += 1
+            if self.counterfactual:
+                if credit is not None:
+                    pending.paired.append(credit.paired_mean())
+                complete = pending.steps == self._lookahead
             else:
-                still_open.append(lookahead)
+                pending.losses.append(loss)
+                if len(pending.scores) < self._lookahead:
+                    pending.scores.append(score)
+                complete = len(pending.losses) == self._lookahead + 1
+            if complete:
+                self._closed.append(_ClosedDecision(pending.decision, step, self._returns(pending)))
+            else:
+                still_open.append(pending)
         self._open = still_open
         if len(self._closed) >= self.cfg.decisions_per_update:
             records += self._update(step)
@@ -250,10 +298,10 @@ class LearnedExposure:
             {
                 "event": "dropped",
                 "step": step,
-                "decision_step": lookahead.decision.step,
-                "reason": f"no training signals at step {step}, inside this decision's lookahead",
+                "decision_step": pending.decision.step,
+                "reason": f"no training signals at step {step}, inside this decision's credit",
             }
-            for lookahead in self._open
+            for pending in self._open
         ]
         self._open = []
         return records
@@ -268,12 +316,19 @@ class LearnedExposure:
             return float(signals.probe_nll)
         return float(signals.distill_loss)
 
-    def _returns(self, lookahead: _Lookahead) -> DecisionReturn:
-        progress = self._progress(lookahead.losses)
-        scores = lookahead.scores
+    def _returns(self, pending: _Pending) -> DecisionReturn:
+        if self.counterfactual:
+            paired = sum(pending.paired)
+            return DecisionReturn(progress_return=paired, grounding_return=None, reward=paired)
+        progress = self._progress(pending.losses)
         grounding = None
-        if all(g is not None for g in scores):
-            grounding = grounding_return(scores, self.cfg.discount)
+        if pending.scores and all(g is not None for g in pending.scores):
+            grounding = grounding_return(pending.scores, self.cfg.discount)
+        if self.cfg.grounding_scale == "zscore":
+            scaled_progress = self.scales["progress"].scaled(progress)
+            scaled_grounding = None if grounding is None else self.scales["grounding"].scaled(grounding)
+            reward = decision_reward(scaled_progress, scaled_grounding, self.cfg.grounding_weight).reward
+            return DecisionReturn(progress_return=progress, grounding_return=grounding, reward=reward)
         return decision_reward(progress, grounding, self.cfg.grounding_weight)
 
     def _update(self, step: int) -> list[dict]:
@@ -281,20 +336,22 @@ class LearnedExposure:
         batch = self._closed[: self.cfg.decisions_per_update]
         self._closed = self._closed[self.cfg.decisions_per_update :]
         rewards = [closed.returns.reward for closed in batch]
-        advantages = normalized_advantages(rewards)
         states = torch.tensor([closed.decision.state for closed in batch], dtype=torch.float32)
-        raw = torch.tensor([closed.decision.sampled_ratio for closed in batch], dtype=torch.float32)
-        loss, metrics = controller_loss(
-            self.network,
-            states,
-            raw,
-            torch.tensor(advantages, dtype=torch.float32),
-            self.target_entropy,
-            self.cfg.entropy_coef,
-        )
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        raw = torch.tensor([closed.decision.raw_reveal_ratio for closed in batch], dtype=torch.float32)
+        if self.counterfactual:
+            scale = self.scales["paired"]
+            for r in rewards:
+                scale.update(r)
+            advantages = [r / scale.rms() for r in rewards]
+            other = torch.tensor([closed.decision.counterfactual_raw_ratio for closed in batch], dtype=torch.float32)
+            metrics = policy_step(self.network, self.optimizer, torch.cat([states, states]), torch.cat([raw, other]),
+                                  torch.tensor(advantages + [-a for a in advantages], dtype=torch.float32),
+                                  self.target_entropy, self.cfg.entropy_coef)
+        else:
+            advantages = normalized_advantages(rewards)
+            metrics = policy_step(self.network, self.optimizer, states, raw,
+                                  torch.tensor(advantages, dtype=torch.float32), self.target_entropy,
+                                  self.cfg.entropy_coef)
         self.updates += 1
         records = [
             {
@@ -302,8 +359,10 @@ class LearnedExposure:
                 "step": step,
                 "decision_step": closed.decision.step,
                 "closed_step": closed.closed_step,
-                "sampled_ratio": closed.decision.sampled_ratio,
-                "used_ratio": closed.decision.used_ratio,
+                "raw_reveal_ratio": closed.decision.raw_reveal_ratio,
+                "reveal_ratio": closed.decision.reveal_ratio,
+                **({"counterfactual_ratio": clipped(self.cfg, closed.decision.counterfactual_raw_ratio)}
+                   if self.counterfactual else {}),
                 "progress_return": closed.returns.progress_return,
                 "grounding_return": closed.returns.grounding_return,
                 "reward": closed.returns.reward,
@@ -334,15 +393,18 @@ class LearnedExposure:
             "network": {k: v.detach().clone() for k, v in self.network.state_dict().items()},
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "tracker": copy.deepcopy(self.tracker.state_dict()),
+            "scales": {name: scale.state_dict() for name, scale in self.scales.items()},
             "clock": self._clock.state_dict(),
             "current": None if self._current is None else self._current.to_state(),
             "open": [
                 {
-                    "decision": la.decision.to_state(),
-                    "losses": list(la.losses),
-                    "scores": list(la.scores),
+                    "decision": pending.decision.to_state(),
+                    "losses": list(pending.losses),
+                    "scores": list(pending.scores),
+                    "paired": list(pending.paired),
+                    "steps": pending.steps,
                 }
-                for la in self._open
+                for pending in self._open
             ],
             "closed": [
                 {
@@ -366,16 +428,20 @@ class LearnedExposure:
         self.network.load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.tracker.load_state_dict(state["tracker"])
+        for name, scale in self.scales.items():
+            scale.load_state_dict(state["scales"][name])
         self._clock.load_state_dict(state["clock"])
         current = state["current"]
         self._current = None if current is None else ExposureDecision.from_state(current)
         self._open = [
-            _Lookahead(
-                ExposureDecision.from_state(la["decision"]),
-                [float(x) for x in la["losses"]],
-                [None if g is None else float(g) for g in la["scores"]],
+            _Pending(
+                ExposureDecision.from_state(p["decision"]),
+                [float(x) for x in p["losses"]],
+                [None if g is None else float(g) for g in p["scores"]],
+                [float(x) for x in p["paired"]],
+                int(p["steps"]),
             )
-            for la in state["open"]
+            for p in state["open"]
         ]
         self._closed = [
             _ClosedDecision(

@@ -8,12 +8,19 @@
                                             # skipped); append records to exposure.jsonl
     policy.state_dict() / load_state_dict() # with the rest of the checkpoint, after observe
 
+The loop calls `decide(t, contexts)` (one `ExampleContext` per rollout of the step's global batch),
+which returns an `ExposureChoice`: one α per example (the same for a global policy) and, for the
+counterfactual reward, the α′ each example is also scored with. `ratio_for_step(t)` is the
+global policies' own method underneath.
+
 Policies:
     FixedExposure     α = reveal_ratio at every step (OPSD is reveal_ratio = 1).
+    ByDifficulty      α = difficulty_ratios[level − 1] per example (an oracle check, ours).
     RandomExposure    one untrained draw per hold window of H steps: U[α_min, α_max], or
                       clip(Beta(a, b), α_min, α_max); the draw of window w is seeded by (seed, w).
     ScheduleExposure  α_t = start + (end − start) · t/(T − 1), linear over the T steps.
     LearnedExposure   the ATESD controller (`atesd.exposure.learned`).
+    PerExampleExposure  one α per example from a contextual policy (`atesd.exposure.per_example`).
 
 Departures from the paper:
   1. The paper's baselines are a fixed α and a "uniformly random" α; we draw the random α once per
@@ -23,12 +30,13 @@ Departures from the paper:
 from __future__ import annotations
 
 import random
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 from atesd.exposure.config import ExposureConfig
-from atesd.exposure.decision import ExposureDecision, StepClock
+from atesd.exposure.decision import ExposureChoice, ExposureDecision, StepClock
 from atesd.exposure.learned import LearnedExposure
-from atesd.exposure.state import TrainingSignals
+from atesd.exposure.per_example import PerExampleExposure
+from atesd.exposure.state import ExampleContext, TrainingSignals
 
 
 @runtime_checkable
@@ -42,15 +50,20 @@ class ExposurePolicy(Protocol):
     kind: str
     needs_grounding_score: bool
     needs_probe_nll: bool
+    needs_credit: bool
 
-    def ratio_for_step(self, step: int) -> float:
-        """α ∈ [0, 1] for student step t; called on rank 0 only, the loop broadcasts it.
+    def wants_credit(self, step: int) -> bool:
+        """Whether step t's paired credit is to be measured (the loop's credit phase)."""
+        ...
 
-        Repeating the call for the same t before observe(t) returns the same α.
+    def decide(self, step: int, contexts: Sequence[ExampleContext]) -> ExposureChoice:
+        """The ratios of step t's examples; called on rank 0 only, the loop broadcasts them.
+
+        Repeating the call for the same t before observe(t) returns the same choice.
         """
         ...
 
-    def observe(self, step: int, signals: TrainingSignals | None) -> list[dict]:
+    def observe(self, step: int, signals: TrainingSignals | None, credit=None) -> list[dict]:
         """Fold in what step t measured; return that step's exposure.jsonl records (plain dicts).
 
         Call it for every step, with signals=None when the step measured nothing usable (a skipped
@@ -65,12 +78,29 @@ class ExposurePolicy(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-class _HeldRatioPolicy:
+class GlobalDecisions:
+    """`decide` for a policy with one α per step (`ratio_for_step`) for the whole batch."""
+
+    def decide(self, step: int, contexts: Sequence[ExampleContext]) -> ExposureChoice:
+        ratio = self.ratio_for_step(step)
+        counterfactual = getattr(self, "counterfactual_ratio", lambda: None)()
+        return ExposureChoice([ratio] * len(contexts), None if counterfactual is None else [counterfactual] * len(contexts))
+
+
+class GlobalLearnedExposure(GlobalDecisions, LearnedExposure):
+    """The ATESD controller behind the loop's `decide` (one α per hold window for the batch)."""
+
+
+class _HeldRatioPolicy(GlobalDecisions):
     """Shared mechanics of the untrained policies: a decision per window, a record per decision."""
 
     kind = ""
     needs_grounding_score = False
     needs_probe_nll = False
+    needs_credit = False
+
+    def wants_credit(self, step: int) -> bool:
+        return False
 
     def __init__(self) -> None:
         self._clock = StepClock()
@@ -80,7 +110,7 @@ class _HeldRatioPolicy:
         raise NotImplementedError
 
     def _choose(self, step: int, window: int) -> tuple[float, float]:
-        """(sampled_ratio, used_ratio) for the window starting at step t."""
+        """(raw_reveal_ratio, reveal_ratio) for the window starting at step t."""
         raise NotImplementedError
 
     def ratio_for_step(self, step: int) -> float:
@@ -89,9 +119,9 @@ class _HeldRatioPolicy:
             if self._current is None or self._current.window != window:
                 sampled, used = self._choose(step, window)
                 self._current = ExposureDecision(step, window, sampled, used)
-        return self._current.used_ratio
+        return self._current.reveal_ratio
 
-    def observe(self, step: int, signals: TrainingSignals | None) -> list[dict]:
+    def observe(self, step: int, signals: TrainingSignals | None, credit=None) -> list[dict]:
         self._clock.end(step)
         return [self._current.record()] if self._current.step == step else []
 
@@ -173,14 +203,38 @@ class ScheduleExposure(_HeldRatioPolicy):
         return ratio, ratio
 
 
+class ByDifficultyExposure(FixedExposure):
+    """α = difficulty_ratios[level − 1] for an example of that level (the last entry for higher
+    levels), reveal_ratio for an example without a level: a fixed per-difficulty assignment."""
+
+    kind = "by_difficulty"
+
+    def __init__(self, cfg: ExposureConfig) -> None:
+        super().__init__(cfg.reveal_ratio)
+        self.by_level = list(cfg.difficulty_ratios)
+
+    def ratio_of(self, difficulty: int | None) -> float:
+        if difficulty is None:
+            return self.reveal_ratio
+        return self.by_level[min(difficulty, len(self.by_level)) - 1]
+
+    def decide(self, step: int, contexts: Sequence[ExampleContext]) -> ExposureChoice:
+        self.ratio_for_step(step)
+        return ExposureChoice([self.ratio_of(c.difficulty) for c in contexts])
+
+
 def make_exposure_policy(cfg: ExposureConfig, total_steps: int) -> ExposurePolicy:
     """Build the policy named by cfg.policy for a run of total_steps student steps (T)."""
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
     if cfg.policy == "fixed":
         return FixedExposure(cfg.reveal_ratio)
+    if cfg.policy == "by_difficulty":
+        return ByDifficultyExposure(cfg)
     if cfg.policy == "random":
         return RandomExposure(cfg)
     if cfg.policy == "schedule":
         return ScheduleExposure(cfg.schedule_start, cfg.schedule_end, total_steps)
-    return LearnedExposure(cfg, total_steps)
+    if cfg.granularity == "per_example":
+        return PerExampleExposure(cfg, total_steps)
+    return GlobalLearnedExposure(cfg, total_steps)

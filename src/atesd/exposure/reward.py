@@ -19,6 +19,9 @@ Departures from the paper:
      immediate change ℓ_{t0} − ℓ_{t0+1} (no max(0, ·), no lookahead).
   2. std in A_j is the population standard deviation over the B decisions; a batch of one, or of
      rewards equal up to ε, gives advantage 0 instead of NaN or amplified rounding noise.
+  3. "λ_gt after scaling" (the method's words) is ours to define: with grounding_scale="zscore",
+     G_lp and G_gt are each divided by their running standard deviation over the decisions closed
+     so far (`RunningScale`) before R = G_lp + λ_gt·G_gt.
 """
 
 from __future__ import annotations
@@ -92,3 +95,41 @@ def normalized_advantages(rewards: Sequence[float], eps: float = 1e-8) -> list[f
     if std <= eps:
         return [0.0] * len(rewards)
     return [(r - mean) / (std + eps) for r in rewards]
+
+
+class RunningScale:
+    """Running mean, variance and mean square of one scalar stream (Welford)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+        self.sum_sq = 0.0
+
+    def update(self, value: float) -> None:
+        self.count += 1
+        delta = value - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (value - self.mean)
+        self.sum_sq += value * value
+
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.count) if self.count else 0.0
+
+    def rms(self, eps: float = 1e-12) -> float:
+        """sqrt(mean of squares) of the values so far (at least eps)."""
+        return max(eps, math.sqrt(self.sum_sq / self.count)) if self.count else eps
+
+    def scaled(self, value: float) -> float:
+        """Fold in `value`, then return it divided by the running standard deviation (0 until two
+        different values have been seen: no scale yet)."""
+        self.update(value)
+        std = self.std()
+        return value / std if std > 1e-12 else 0.0
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2, "sum_sq": self.sum_sq}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count, self.mean = int(state["count"]), float(state["mean"])
+        self.m2, self.sum_sq = float(state["m2"]), float(state["sum_sq"])

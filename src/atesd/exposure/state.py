@@ -155,9 +155,9 @@ class ExposureStateTracker:
             normalised.append(0.0 if value is None else self.normalizers[name].normalize(value))
         return [progress, self.ratio_ema, *normalised]
 
-    def observe(self, used_ratio: float, signals: TrainingSignals) -> None:
+    def observe(self, reveal_ratio: float, signals: TrainingSignals) -> None:
         """Fold in step t: the α used at t and the signals measured at t."""
-        self.ratio_ema = self._ema(self.ratio_ema, used_ratio)
+        self.ratio_ema = self._ema(self.ratio_ema, reveal_ratio)
         raw = {
             "distill_loss_ema": signals.distill_loss,
             "divergence_mean_ema": signals.divergence_mean,
@@ -193,6 +193,31 @@ class ExposureStateTracker:
         }
         for name in _NORMALISED:
             self.normalizers[name].load_state_dict(state["normalizers"][name])
+
+
+@dataclass(frozen=True)
+class ExampleContext:
+    """What a per-example exposure decision may look at (ours): the problem's difficulty label (None
+    without one), whether the student's rollout reached the right answer, its mean token log-prob
+    (self-confidence) and its length as a fraction of max_new_tokens."""
+
+    difficulty: int | None
+    correct: bool
+    self_confidence: float
+    length_fraction: float
+
+
+EXAMPLE_FEATURE_NAMES: tuple[str, ...] = ("difficulty", "has_difficulty", "correct", "self_confidence",
+                                          "length_fraction")
+
+
+def example_features(context: ExampleContext, max_difficulty: int = 5) -> list[float]:
+    """The per-example part of a contextual state (order: EXAMPLE_FEATURE_NAMES): difficulty / max
+    (0 without a label), whether it has one, correct (0/1), self-confidence clipped to [−5, 0] / 5,
+    length fraction."""
+    known = context.difficulty is not None
+    return [min(1.0, (context.difficulty or 0) / max_difficulty), float(known), float(context.correct),
+            max(-5.0, min(0.0, context.self_confidence)) / 5.0, min(1.0, max(0.0, context.length_fraction))]
 
 
 def signals_from(summary, measured: dict) -> TrainingSignals:

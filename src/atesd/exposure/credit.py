@@ -1,0 +1,165 @@
+"""First-order probe credit of a reveal ratio (ours, beyond the paper): reward="counterfactual".
+
+For rollout i of step t and a reveal ratio α, one gradient step on the distillation loss changes
+the held-out probe NLL, to first order, by
+    ΔNLL_probe ≈ −η · ⟨u, ∇_θ L_i(θ_t; α)⟩,   u = P ∇_θ NLL_probe(θ_t)
+(P: Adam's diagonal preconditioner 1/(√v̂ + ε), the identity before the optimizer's first step).
+The credit of α for rollout i is the directional derivative along the unit direction û = u/‖u‖:
+    c_i(α) = ⟨∇_θ L_i(θ_t; α), û⟩ ≈ [L_i(θ_t + εû; α) − L_i(θ_t − εû; α)] / 2ε
+(positive: α's update lowers the probe NLL). The teacher's distributions are computed once on θ_t
+and held fixed, so the same two perturbed student forwards serve every ratio. Two ratios scored
+on the same θ_t and the same rollouts differ only by α: c_i(α) − c_i(α′) is free of the
+batch-to-batch noise that swamps the lookahead rewards (docs/algorithm.md, "Why the controller
+did not learn").
+
+Limits: the central difference needs float32 weights (bf16 losses would drown it in rounding),
+and the perturbation is applied to the whole local parameters, so a sharded policy (FSDP,
+ZeRO-3) is refused by the loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from atesd.divergence_chunked import chunked_divergence
+from atesd.prompts import reference_completion, student_prompt
+from atesd.scoring import SequenceBatch, build_sequences, completion_hidden, text_ids, token_logprobs
+
+
+@dataclass(frozen=True)
+class StepCredit:
+    """The paired credit of one step: for each credited example (its index in the step's global
+    batch), c_i(α_i) under the ratio trained with and c_i(α′_i) under its counterfactual."""
+
+    indices: tuple[int, ...]
+    chosen: tuple[float, ...]
+    counterfactual: tuple[float, ...]
+
+    def paired(self) -> list[float]:
+        """c_i(α_i) − c_i(α′_i) per credited example."""
+        return [a - b for a, b in zip(self.chosen, self.counterfactual)]
+
+    def paired_mean(self) -> float:
+        paired = self.paired()
+        return sum(paired) / len(paired) if paired else 0.0
+
+
+class ProbeCredit:
+    """Measures c_i(α) on held-out probe problems (`probe`), see the module docstring.
+
+    kind: which probe objective Φ the credit's direction descends.
+      "reference": Φ = the student's NLL of the probe problems' reference solutions (token mean per
+        problem, mean over problems).
+      "accuracy": Φ = −(1/N) Σ_j A_j · mean log p(y_j | x_j) over `samples` fresh T = 1 samples y_j
+        per probe problem, A_j = r_j − mean of its problem's r (r: the verified answer), whose
+        gradient is an unbiased estimate of −∇ accuracy on the probe (REINFORCE with a group
+        baseline); the samples are drawn anew at every call (seeded by `seed`).
+    """
+
+    def __init__(self, probe: Sequence, tokenizer, prompts, loss_cfg, step: float, kind: str = "reference",
+                 samples: int = 4, max_new_tokens: int = 128, refresh_every: int = 1):
+        self.loss_cfg, self.step, self.pad_id, self.kind = loss_cfg, step, tokenizer.pad_token_id, kind
+        self.tokenizer, self.probe, self.samples, self.max_new_tokens = tokenizer, list(probe), samples, max_new_tokens
+        self.refresh_every, self._cached = refresh_every, None
+        self.probe_prompts = [student_prompt(tokenizer, p.problem, prompts) for p in probe]
+        self.probe_batch = build_sequences(
+            self.probe_prompts, [text_ids(tokenizer, reference_completion(p.solution, tokenizer)) for p in probe],
+            self.pad_id)
+
+    def _probe_sequences(self, model, seed: int) -> tuple[SequenceBatch, torch.Tensor | None]:
+        """The sequences whose log-likelihood Φ weighs, and their weights (None: the reference NLL)."""
+        if self.kind == "reference":
+            return self.probe_batch, None
+        from atesd.answers import score_batch
+        from atesd.rollout import SamplingParams, make_rollout_engine
+
+        engine = make_rollout_engine("hf", model, self.tokenizer, batch_size=256)
+        prompts = [p for p in self.probe_prompts for _ in range(self.samples)]
+        rollouts = engine.generate(prompts, SamplingParams(self.max_new_tokens, 1.0, 1.0, 0, seed=seed))
+        rewards = torch.tensor(score_batch([r.text for r in rollouts],
+                                           [p.answer for p in self.probe for _ in range(self.samples)], workers=0),
+                               dtype=torch.float32).view(len(self.probe), self.samples)
+        advantages = (rewards - rewards.mean(1, keepdim=True)).flatten()
+        return build_sequences(prompts, [list(r.completion_ids) for r in rollouts], self.pad_id), advantages
+
+    def direction_at(self, step: int, model, optimizer) -> list[torch.Tensor]:
+        """`direction` on θ_t, recomputed on the first step of every `refresh_every` steps and reused
+        in between (the probe direction changes slowly; it costs a forward and backward)."""
+        block = step // self.refresh_every
+        if self._cached is None or self._cached[0] != block:
+            self._cached = (block, self.direction(model, optimizer, seed=step))
+        return self._cached[1]
+
+    def direction(self, model, optimizer, seed: int = 0) -> list[torch.Tensor]:
+        """û = P∇Φ / ‖P∇Φ‖ over the trainable parameters (their .grad untouched)."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        device = params[0].device
+        batch, weights = self._probe_sequences(model, seed)
+        batch = SequenceBatch(*(t.to(device) if isinstance(t, torch.Tensor) else t for t in (
+            batch.input_ids, batch.attention_mask, batch.position_ids, batch.target_index, batch.target_ids,
+            batch.token_rollout, batch.completion_lengths)))
+        logprobs = token_logprobs(completion_hidden(model, batch), model.get_output_embeddings().weight,
+                                  batch.target_ids, 1.0, self.loss_cfg.chunk_size)
+        lengths = torch.tensor(batch.completion_lengths, device=device, dtype=logprobs.dtype).clamp(min=1)
+        per_sequence = logprobs.new_zeros(len(lengths)).index_add_(0, batch.token_rollout, logprobs) / lengths
+        if weights is None:
+            objective = -per_sequence.mean()
+        elif bool((weights != 0).any()):
+            objective = -(weights.to(device) * per_sequence).mean()
+        else:  # every probe problem all right or all wrong: no accuracy gradient this time
+            return [torch.zeros_like(p) for p in params]
+        grads = torch.autograd.grad(objective, params, allow_unused=True)
+        direction = []
+        for param, grad in zip(params, grads):
+            grad = torch.zeros_like(param) if grad is None else grad
+            state = optimizer.state.get(param, {})
+            if "exp_avg_sq" in state and int(state.get("step", 0)) > 0:
+                group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
+                beta2, eps = group["betas"][1], group["eps"]
+                v_hat = state["exp_avg_sq"] / (1 - beta2 ** float(state["step"]))
+                grad = grad / (v_hat.sqrt() + eps)
+            direction.append(grad.detach())
+        norm = torch.sqrt(sum((d.double() ** 2).sum() for d in direction)).item()
+        return [d / max(norm, 1e-30) for d in direction]
+
+    @torch.no_grad()
+    def measure(self, model, teacher, student: SequenceBatch, teacher_views: Sequence[SequenceBatch],
+                direction: list[torch.Tensor]) -> torch.Tensor:
+        """[arms, B]: c_i for each teacher view (one per ratio arm) of the B rollouts in `student`."""
+        cfg = self.loss_cfg
+        head = model.get_output_embeddings()
+        with teacher.context(model):
+            teacher_model = teacher.model(model)
+            teacher_hidden = [completion_hidden(teacher_model, view) for view in teacher_views]
+            teacher_head = teacher_model.get_output_embeddings().weight.detach().clone()
+        keep = torch.ones_like(student.target_ids, dtype=torch.bool)
+        if cfg.skip_first_tokens:
+            first = torch.cat([torch.arange(n, device=keep.device) for n in student.completion_lengths])
+            keep = first >= cfg.skip_first_tokens
+        counts = keep.float().new_zeros(len(student.completion_lengths)).index_add_(
+            0, student.token_rollout, keep.float()).clamp(min=1)
+        params = [p for p in model.parameters() if p.requires_grad]
+        saved = [p.detach().clone() for p in params]
+        losses = []
+        try:
+            for sign in (1.0, -1.0):
+                for param, origin, d in zip(params, saved, direction):
+                    param.copy_(origin).add_(d, alpha=sign * self.step)
+                hidden = completion_hidden(model, student)
+                per_arm = []
+                for t_hidden in teacher_hidden:
+                    out = chunked_divergence(hidden, t_hidden, head.weight.detach(), kind=cfg.divergence,
+                                             jsd_beta=cfg.jsd_beta, token_clip=cfg.token_clip,
+                                             temperature=cfg.temperature, top_k=cfg.top_k, mask=keep,
+                                             chunk_size=cfg.chunk_size, teacher_lm_head_weight=teacher_head)
+                    sums = out.divergence.double().new_zeros(len(counts)).index_add_(
+                        0, student.token_rollout, out.divergence.double())
+                    per_arm.append(sums / counts.double())
+                losses.append(torch.stack(per_arm))
+        finally:
+            for param, origin in zip(params, saved):
+                param.copy_(origin)
+        return ((losses[0] - losses[1]) / (2 * self.step)).float()
