@@ -42,7 +42,10 @@ def build_world(args) -> None:
     if args.out:
         world = copy_world(world, args.out)
     print(f"world {world} built in {time.time() - started:.0f} s (cached builds return at once)", flush=True)
-    report = toy_world_report(world, n_problems=args.n, samples=args.k, headroom_steps=args.headroom_steps,
+    from atesd.experiments.protocol import TOY_PROTOCOL
+
+    protocol = replace(TOY_PROTOCOL, n_problems=args.n, k=args.k)
+    report = toy_world_report(world, protocol, headroom_steps=args.headroom_steps,
                               progress=False, threads=args.threads)
     print(report.to_markdown())
 
@@ -63,22 +66,19 @@ def _mean(rows: list[dict], key: str) -> float | None:
 
 
 def _test_eval(world: Path, cfg, n: int, k: int):
-    """A function model -> EvalReport on the first n test problems (T = 1, sampling seed 1234), and the
-    base model's evaluation (cached in the world as base_eval_<n>_<k>.json)."""
+    """A function model -> EvalReport on the first n test problems under the toy protocol
+    (atesd.experiments.protocol: T = 1, sampling seed 1234), and the base model's evaluation (cached
+    in the world as base_eval_<n>_<k>.json)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from atesd.data import load_problems
-    from atesd.evaluate import evaluate
-    from atesd.rollout.base import SamplingParams
+    from atesd.experiments.protocol import TOY_PROTOCOL, evaluate_under
 
-    test = load_problems(world / "data" / "test.jsonl")[:n]
-    sampling = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
-                              seed=1234)
+    protocol = replace(TOY_PROTOCOL, n_problems=n, k=k, max_new_tokens=cfg.rollout.max_new_tokens)
+    test = protocol.problems(world / "data")
     tokenizer = AutoTokenizer.from_pretrained(world)
 
     def run_eval(model):
-        return evaluate(model.eval(), tokenizer, test, k=k, sampling=sampling, prompt_cfg=cfg.prompts,
-                        progress=False, score_workers=0)
+        return evaluate_under(protocol, model, test, cfg.prompts, tokenizer=tokenizer)
 
     base_file = world / f"base_eval_{n}_{k}.json"
     if not base_file.is_file():
@@ -196,8 +196,8 @@ def main() -> None:
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--warm-start", default="{}", help="JSON object of WarmStartConfig overrides")
     w.add_argument("--out", default=None, help="copy the world here (default: stay in the cache)")
-    w.add_argument("--n", type=int, default=200, help="test problems for the tables")
-    w.add_argument("--k", type=int, default=4, help="samples per problem for the student table")
+    w.add_argument("--n", type=int, default=500, help="test problems for the tables (the toy protocol: 500)")
+    w.add_argument("--k", type=int, default=8, help="samples per problem for the student table (the toy protocol: 8)")
     w.add_argument("--headroom-steps", type=int, default=300)
     w.add_argument("--threads", type=int, default=2, help="torch threads (part of the world's cache key)")
     w.set_defaults(func=build_world)
@@ -206,7 +206,7 @@ def main() -> None:
     d.add_argument("--config", default="configs/toy-opsd.yaml")
     d.add_argument("--name", required=True, help="run name (runs/<name>)")
     d.add_argument("--runs", default="runs/toy-search")
-    d.add_argument("--n", type=int, default=200, help="first n test problems")
+    d.add_argument("--n", type=int, default=500, help="first n test problems (the toy protocol: 500)")
     d.add_argument("--k", type=int, default=8, help="samples per problem (Average@k)")
     d.add_argument("--threads", type=int, default=2)
     d.add_argument("--train-max-level", type=int, default=None)
@@ -216,7 +216,7 @@ def main() -> None:
     c = sub.add_parser("checkpoints", help="evaluate every checkpoint a distill run kept (the learning curve)")
     c.add_argument("--name", required=True)
     c.add_argument("--runs", default="runs/toy-search")
-    c.add_argument("--n", type=int, default=200)
+    c.add_argument("--n", type=int, default=500)
     c.add_argument("--k", type=int, default=8)
     c.add_argument("--threads", type=int, default=2)
     c.set_defaults(func=checkpoints)

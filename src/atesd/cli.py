@@ -99,8 +99,9 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="toy world → base eval → training → eval, on 2 CPU cores")
     p.add_argument("--config", default=None, help="training config (default: the packaged toy config)")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--n-problems", type=int, default=None, help="first N test problems (default: all, 500)")
-    p.add_argument("--k", type=int, default=4, help="samples per problem (Average@k)")
+    p.add_argument("--n-problems", type=int, default=None,
+                   help="first N test problems (default: the toy protocol's 500; fewer is no longer the protocol)")
+    p.add_argument("--k", type=int, default=None, help="samples per problem (default: the toy protocol's 8)")
     p.add_argument("overrides", nargs="*")
 
 

@@ -1,46 +1,41 @@
 """`atesd demo`: the whole pipeline on the embedded toy world, on 2 CPU cores.
 
-1. build the toy world (or find it in the cache),
-2. evaluate the warm-started base on held-out test problems (sampled Average@k),
+1. find the toy world (it ships with the package),
+2. evaluate the warm-started base under the toy protocol (`atesd.experiments.protocol`: sampled
+   Average@8 on the 500 test problems, sampling seed 1234),
 3. train with the demo config (ATESD by default),
-4. evaluate the trained model on the same problems with the same sampling seeds,
-5. print the before/after table with the paired difference, the learned reveal-ratio trajectory,
-   and draw the run's plots.
+4. evaluate the trained model under the same protocol (same problems, same sampling seeds),
+5. print the before/after table with the paired difference, the reveal ratios the run used, the
+   controller's Beta mean over training, the bench's figures under the same protocol for
+   comparison (when `docs/figures/bench-toy/bench.json` is there), and draw the run's plots.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from atesd import atomic
 from atesd.config import load_config
-from atesd.data import load_problems
-from atesd.evaluate import evaluate, paired_difference
-from atesd.rollout.base import SamplingParams
+from atesd.evaluate import paired_difference
+from atesd.experiments.protocol import TOY_PROTOCOL, evaluate_under
 from atesd.toy.paths import resolve_toy_paths
 from atesd.train import train
 
 DEFAULT_CONFIG = "configs/toy-atesd.yaml"
+BENCH_JSON = "docs/figures/bench-toy/bench.json"
 
 
-def _evaluate_dir(model_dir: Path, problems, k: int, cfg, label: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    sampling = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=1.0, seed=cfg.seed)
-    print(f"[demo] evaluating {label}: {len(problems)} test problems x {k} samples")
-    return evaluate(model, tokenizer, problems, k=k, sampling=sampling, prompt_cfg=cfg.prompts,
-                    score_workers=0, meta={"model": str(model_dir)})
-
-
-def _trajectory(run_dir: Path) -> list[tuple[int, float]]:
+def _records(run_dir: Path) -> list[dict]:
     path = run_dir / "exposure.jsonl"
     if not path.exists():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [(r["decision_step"], r["reveal_ratio"]) for r in records if r.get("event") == "decision"]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _trajectory(run_dir: Path) -> list[tuple[int, float]]:
+    return [(r["decision_step"], r["reveal_ratio"]) for r in _records(run_dir) if r.get("event") == "decision"]
 
 
 def summarise_ratios(trajectory: list[tuple[int, float]], block: int = 100) -> str:
@@ -52,41 +47,80 @@ def summarise_ratios(trajectory: list[tuple[int, float]], block: int = 100) -> s
                      for b, r in sorted(groups.items()))
 
 
+def _beta_means(run_dir: Path, block: int = 100) -> str:
+    """The learned Beta's mean a/(a+b) per block of steps (learned policies), or ""."""
+    means = [(r["decision_step"], r["beta_mean"]) for r in _records(run_dir)
+             if r.get("event") == "decision" and "beta_mean" in r]
+    return summarise_ratios(means, block).replace(" decisions)", ")") if means else ""
+
+
+def bench_reference(path: str | Path = BENCH_JSON) -> str:
+    """The committed bench's paired gains over the base (same protocol), one line, or ""."""
+    path = Path(path)
+    if not path.is_file():
+        return ""
+    bench = json.loads(path.read_text())
+    if bench.get("budget", {}).get("test") != TOY_PROTOCOL.to_dict():
+        return ""
+    by_method: dict[str, list[dict]] = {}
+    for result in bench["results"]:
+        by_method.setdefault(result["method"], []).append(result)
+    base = {r["seed"]: r for r in by_method.get("base", [])}
+    parts = []
+    for name in ("opsd", "random", "atesd", "atesd-per-example"):
+        runs = [r for r in by_method.get(name, []) if r["seed"] in base]
+        if runs:
+            gains = [paired_difference(base[r["seed"]]["test"]["per_problem_accuracy"],
+                                       r["test"]["per_problem_accuracy"])[0] for r in runs]
+            parts.append(f"{name} {100 * sum(gains) / len(gains):+.1f}")
+    return f"bench, same protocol, mean over {len(base)} seeds: " + ", ".join(parts) if parts else ""
+
+
 def run_demo(config: str | None = None, out: str = "runs/demo", overrides: list[str] | None = None,
-             n_problems: int | None = None, k: int = 4) -> dict:
+             n_problems: int | None = None, k: int | None = None) -> dict:
     config = config or DEFAULT_CONFIG
     if not Path(config).is_file():
         raise FileNotFoundError(f"{config}: demo config not found (run from the repository root or pass --config)")
-    cfg = load_config(config, [f"output_dir={out}", *(overrides or [])])
-    print("[demo] building (or reusing) the toy world ...")
-    cfg = resolve_toy_paths(cfg)
+    cfg = resolve_toy_paths(load_config(config, [f"output_dir={out}", *(overrides or [])]))
     world = Path(cfg.model.name_or_path)
-    test = load_problems(str(world / "data" / "test.jsonl"))[:n_problems]  # None: all of them
-
-    before = _evaluate_dir(world, test, k, cfg, "the warm-started base")
+    protocol = replace(TOY_PROTOCOL, **{name: value for name, value in (("n_problems", n_problems), ("k", k))
+                                        if value is not None}, max_new_tokens=cfg.rollout.max_new_tokens)
+    test = protocol.problems(world / "data")
+    print(f"[demo] toy world: {world}")
+    print(f"[demo] evaluating the warm-started base: {protocol.describe()}")
+    before = evaluate_under(protocol, world, test, cfg.prompts)
     print(f"[demo] training {cfg.steps} steps ({cfg.exposure.policy} exposure) into {out}")
     result = train(cfg)
-    after = _evaluate_dir(result.output_dir / "final", test, k, cfg, "the trained model")
+    print("[demo] evaluating the trained model, same protocol")
+    after = evaluate_under(protocol, result.output_dir / "final", test, cfg.prompts)
 
     diff, se = paired_difference(before.per_problem_accuracy, after.per_problem_accuracy)
     rows = [("overall", before.average_at_k, after.average_at_k)]
     for level in sorted(before.per_difficulty):
         rows.append((f"difficulty {level}", before.per_difficulty[level].average_at_k,
                      after.per_difficulty[level].average_at_k))
-    print(f"\n| held-out Average@{k} | base | after {cfg.exposure.policy} |\n|---|---|---|")
+    print(f"\n| held-out Average@{protocol.k} | base | after {cfg.exposure.policy} |\n|---|---|---|")
     for name, b, a in rows:
         print(f"| {name} | {100 * b:.1f}% | {100 * a:.1f}% |")
     print(f"\npaired difference: {100 * diff:+.1f} ± {100 * se:.1f} points (SE over {len(test)} problems)")
+    reference = bench_reference() if protocol == replace(TOY_PROTOCOL, max_new_tokens=protocol.max_new_tokens) else ""
+    if reference:
+        print(f"for comparison ({reference}): docs/figures/bench-toy/bench.json")
 
     trajectory = _trajectory(result.output_dir)
     if trajectory:
         print(f"reveal ratio ({cfg.exposure.policy}), mean per 100 steps: {summarise_ratios(trajectory)}; "
               f"every decision in {result.output_dir / 'exposure.jsonl'}")
+    beta = _beta_means(result.output_dir)
+    if beta:
+        print(f"learned Beta mean a/(a+b), per 100 steps: {beta}")
     from atesd.experiments.report import make_report
 
     plots = make_report(result.output_dir)
     print(f"plots: {', '.join(str(p) for p in plots)}")
     summary = {"base": before.average_at_k, "trained": after.average_at_k, "paired_difference": diff,
-               "paired_se": se, "k": k, "n_problems": len(test), "reveal_ratios": trajectory}
+               "paired_se": se, "k": protocol.k, "n_problems": len(test), "protocol": protocol.to_dict(),
+               "reveal_ratios": trajectory}
     atomic.write_json(result.output_dir / "demo.json", summary)
     return summary
+

@@ -22,10 +22,11 @@ from typing import Sequence
 
 from atesd.answers import score_batch
 from atesd.data import Problem, load_problems
-from atesd.evaluate import EvalReport, evaluate, paired_difference
+from atesd.evaluate import EvalReport, paired_difference
 from atesd.prompts import PromptConfig, teacher_view
 from atesd.rollout import SamplingParams, make_rollout_engine
-from atesd.toy.build import WORLD_FILE, ToyWorldConfig, build_toy_world, copy_world, world_splits
+from atesd.experiments.protocol import TOY_PROTOCOL, EvalProtocol, evaluate_under
+from atesd.toy.build import DATA_DIR, WORLD_FILE, ToyWorldConfig, build_toy_world, copy_world, world_splits
 from atesd.toy.warmstart import WarmStartConfig, example_stream, train_supervised
 
 REVEAL_RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -122,17 +123,16 @@ def _world_prompts(world: Path) -> PromptConfig:
     return PromptConfig()
 
 
-def toy_world_report(world: str | os.PathLike, split: str = "test", n_problems: int | None = None,
-                     samples: int = 8, reveal_ratios: Sequence[float] = REVEAL_RATIOS,
-                     teacher_temperature: float = 0.0, headroom_steps: int = 300, headroom_lr: float = 3e-4,
-                     max_new_tokens: int = 256, seed: int = 0, batch_size: int = 64, threads: int | None = None,
-                     progress: bool = True) -> ToyWorldReport:
+def toy_world_report(world: str | os.PathLike, protocol: EvalProtocol = TOY_PROTOCOL,
+                     reveal_ratios: Sequence[float] = REVEAL_RATIOS, teacher_temperature: float = 0.0,
+                     headroom_steps: int = 300, headroom_lr: float = 3e-4, seed: int = 0,
+                     threads: int | None = None, progress: bool = True) -> ToyWorldReport:
     """Student, teacher and headroom tables of a built world (see the module docstring).
 
     world: a directory from build_toy_world (model + data/).
-    n_problems: evaluate the first n problems of the split (default all).
-    samples: k of the student's Average@k (temperature 1).
-    teacher_temperature: 0 → one greedy completion per problem and ratio; > 0 → `samples` samples.
+    protocol: the student's evaluation (default: the toy protocol, Average@8 on the 500 test problems,
+        sampling seed 1234); the teacher is scored on the same problems and tokens budget.
+    teacher_temperature: 0 → one greedy completion per problem and ratio; > 0 → protocol.k samples.
     headroom_steps: steps of the supervised control (0: skip it); headroom_lr its constant rate
         after a 10% linear warm-up.
     """
@@ -145,20 +145,19 @@ def toy_world_report(world: str | os.PathLike, split: str = "test", n_problems: 
     prompt_cfg = _world_prompts(world)
     tokenizer = AutoTokenizer.from_pretrained(world)
     model = AutoModelForCausalLM.from_pretrained(world).eval()
-    problems = load_problems(world_splits(world)[split])[:n_problems]
-    student_sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
+    problems = protocol.problems(world / DATA_DIR)
 
     def student_eval(m) -> EvalReport:
-        return evaluate(m, tokenizer, problems, k=samples, sampling=student_sampling, prompt_cfg=prompt_cfg,
-                        batch_size=batch_size, progress=progress, score_workers=0)
+        return evaluate_under(protocol, m, problems, prompt_cfg, tokenizer=tokenizer, progress=progress)
 
     student = student_eval(model)
-    teacher_samples = 1 if teacher_temperature == 0 else samples
-    teacher_sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=teacher_temperature, seed=seed)
+    teacher_samples = 1 if teacher_temperature == 0 else protocol.k
+    teacher_sampling = SamplingParams(max_new_tokens=protocol.max_new_tokens, temperature=teacher_temperature,
+                                      seed=seed)
     rows = []
     for ratio in reveal_ratios:
         per_problem = teacher_accuracy(model, tokenizer, problems, ratio, prompt_cfg, teacher_sampling,
-                                       teacher_samples, batch_size)
+                                       teacher_samples, protocol.batch_size)
         rows.append(TeacherRow(ratio, sum(per_problem) / len(per_problem), _difficulty_means(problems, per_problem)))
 
     headroom = None
