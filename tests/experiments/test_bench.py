@@ -35,7 +35,7 @@ def quick_bench(tiny_model_dir, data_dir, tmp_path_factory):
 def test_method_table_has_every_method_once():
     names = [m.name for m in METHODS]
     assert names == ["base", "sft", "grpo", "opsd", "fixed-0", "fixed-0.25", "fixed-0.5", "fixed-0.75", "random",
-                     "schedule", "atesd", "atesd-per-example", "atesd-paper", "atesd-discounted",
+                     "schedule", "schedule-down", "by-difficulty-easy-full", "by-difficulty-hard-full", "atesd", "atesd-per-example", "atesd-paper", "atesd-discounted",
                      "atesd-one-step", "atesd-no-gt"]
     assert [m.name for m in METHODS if not m.trains] == ["base"]
 

@@ -29,3 +29,15 @@ def test_no_paired_difference_for_the_reference_itself_or_when_it_is_missing():
     groups = {"base": [_run("base", 0, {"a": 0.5})], "sft": [_run("sft", 0, {"a": 1.0})]}
     assert paired_vs_reference(groups, "base", "base") is None
     assert paired_vs_reference(groups, "sft") is None  # no OPSD runs
+
+
+def test_identical_variants_are_reported_per_seed():
+    from atesd.experiments.bench_report import identical_variants
+
+    def run(method, seed, accuracies):
+        return {"method": method, "seed": seed, "test": {"per_problem_accuracy": dict(enumerate(accuracies))}}
+
+    groups = {"atesd": [run("atesd", 0, [0.5, 1.0]), run("atesd", 1, [0.5, 0.0])],
+              "atesd-no-gt": [run("atesd-no-gt", 0, [0.5, 1.0]), run("atesd-no-gt", 1, [0.0, 0.0])],
+              "opsd": [run("opsd", 0, [1.0, 1.0])]}
+    assert identical_variants(groups) == [("atesd", "atesd-no-gt", 0)]

@@ -80,6 +80,13 @@ METHODS: tuple[Method, ...] = (
     Method("fixed-0.75", "toy-opsd.yaml", ("exposure.reveal_ratio=0.75",)),
     Method("random", "toy-opsd.yaml", ("exposure.policy=random", "exposure.hold_steps=4")),  # U[0.05, 1]
     Method("schedule", "toy-opsd.yaml", ("exposure.policy=schedule",)),  # 0.25 → 1, linear
+    Method("schedule-down", "toy-opsd.yaml", ("exposure.policy=schedule", "exposure.schedule_start=1.0",
+                                              "exposure.schedule_end=0.25")),  # 1 → 0.25, linear
+    # oracle checks of per-difficulty exposure (fixed α per level 1..5)
+    Method("by-difficulty-easy-full", "toy-opsd.yaml", ("exposure.policy=by_difficulty",
+                                                        "exposure.difficulty_ratios=[1,1,1,0.5,0.5]")),
+    Method("by-difficulty-hard-full", "toy-opsd.yaml", ("exposure.policy=by_difficulty",
+                                                        "exposure.difficulty_ratios=[0.5,0.5,0.5,1,1]")),
     Method("atesd", "toy-atesd.yaml"),  # paired counterfactual credit, one global α per step
     Method("atesd-per-example", "toy-atesd.yaml", ("exposure.granularity=per_example",)),
     Method("atesd-paper", "toy-atesd-paper.yaml"),  # the paper's controller as published

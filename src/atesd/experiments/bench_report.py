@@ -100,6 +100,21 @@ def tokens_to_reach(groups: dict[str, list[dict]], name: str) -> list[int | None
     return reached
 
 
+def identical_variants(groups: dict[str, list[dict]]) -> list[tuple[str, str, int]]:
+    """(method a, method b, seed) whose test per-problem accuracies are identical: two variants that
+    differ in config but not in what they did (e.g. the validation chose a step before they diverged)."""
+    by_seed: dict[int, dict[str, dict]] = {}
+    for name, runs in groups.items():
+        for run in runs:
+            by_seed.setdefault(run["seed"], {})[name] = run["test"]["per_problem_accuracy"]
+    out = []
+    for seed, methods in sorted(by_seed.items()):
+        names = list(methods)
+        for i, a in enumerate(names):
+            out += [(a, b, seed) for b in names[i + 1:] if methods[a] == methods[b]]
+    return out
+
+
 def _pct(value: float) -> str:
     return f"{100 * value:.1f}"
 
@@ -162,6 +177,23 @@ def markdown(groups: dict[str, list[dict]], meta: dict, plots: Sequence[str] = P
                 mean, se, n = diff
                 lines.append(f"| {name} | {100 * mean:+.1f} | {100 * se:.1f} | {n} | "
                              f"{'yes' if abs(mean) > 2 * se else 'no'} |")
+
+    lines += ["", "### Reveal ratio used (exposure policies)", "",
+              "Mean α over all steps and over the last 100 steps of each run (the batch mean for per-example "
+              "policies), per seed.", "",
+              "| method | mean α, all steps | mean α, last 100 steps | per seed (last 100) |", "| --- | --- | --- | --- |"]
+    for name, runs in groups.items():
+        ratios = [[ratio for _, ratio in r.get("reveal_ratios", [])] for r in runs]
+        if not all(ratios) or all(len(set(rs)) == 1 for rs in ratios):
+            continue  # fixed ratios and methods without exposure say nothing here
+        overall = statistics.fmean(statistics.fmean(rs) for rs in ratios)
+        last = [statistics.fmean(rs[-100:]) for rs in ratios]
+        lines.append(f"| {name} | {overall:.2f} | {statistics.fmean(last):.2f} | "
+                     + ", ".join(f"{v:.2f}" for v in last) + " |")
+    identical = identical_variants(groups)
+    lines += ["", "### Variants that did the same thing", ""]
+    lines += ([f"- {a} and {b} gave identical per-problem test results on seed {seed}" for a, b, seed in identical]
+              or ["No two methods gave identical per-problem test results on any seed."])
 
     lines += ["", "### Rollout tokens to reach GRPO's final validation accuracy", ""]
     if TOKEN_TARGET not in groups:
