@@ -67,6 +67,8 @@ def _add_toy(sub) -> None:
     b.add_argument("--data", default=None, help="warm-start on this problem file instead of the toy task")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--no-report", action="store_true", help="skip the evaluation tables")
+    b.add_argument("--minutes", type=float, default=15.0,
+                   help="with --data: the warm start's time budget on 2 CPU cores (sets its steps and vocabulary)")
     b.add_argument("--rebuild", action="store_true",
                    help="build even when the world is cached or ships with the package (into the cache)")
 
@@ -75,7 +77,7 @@ def _run_toy(args) -> None:
     from atesd.experiments.world_report import run_toy_build
 
     run_toy_build(preset=args.preset, out=args.out, data=args.data, seed=args.seed, report=not args.no_report,
-                  rebuild=args.rebuild)
+                  rebuild=args.rebuild, minutes=args.minutes)
 
 
 def _add_train(sub) -> None:

@@ -112,3 +112,23 @@ def test_a_killed_builds_staging_folder_is_removed_by_the_next_build(tmp_path):
     (stale / "model.safetensors").write_text("half")
     build_toy_world(TINY, out=tmp_path / "w", progress=False)
     assert not stale.exists() and (tmp_path / "w" / "world.json").is_file()
+
+
+def test_a_world_on_a_users_file_is_sized_to_the_time_budget(tmp_path):
+    from atesd.toy.budget import MAX_STEPS, MIN_STEPS, plan_world
+
+    problems = [Problem(id=f"p{i}", problem=f"Tom has {i} apples and buys {i + 2} more. How many apples?",
+                        solution=("Tom starts with some apples and we add the ones he buys to them carefully.\n\n"
+                                  f"He buys {i + 2} more, so {i} + {i + 2} = {2 * i + 2}.\n\nThe answer is "
+                                  f"\\boxed{{{2 * i + 2}}}."), answer=str(2 * i + 2)) for i in range(60)]
+    write_problems(tmp_path / "wordy.jsonl", problems)
+    cfg = ToyWorldConfig(preset="toy-test", data=str(tmp_path / "wordy.jsonl"))
+    short, short_plan = plan_world(cfg, minutes=0.01)
+    long, long_plan = plan_world(cfg, minutes=60)
+    assert short.warm_start.steps == short_plan.steps == MIN_STEPS  # the floor
+    assert long.warm_start.steps == MAX_STEPS and long_plan.estimated_minutes <= 60
+    middle, plan = plan_world(cfg, minutes=0.5)
+    assert MIN_STEPS < plan.steps < MAX_STEPS and abs(plan.estimated_minutes - 0.5) < 0.05
+    assert plan.tokens_per_example > 30 and middle.vocab_size == plan.vocab_size == 512
+    assert plan_world(cfg, minutes=0.5)[0] == middle  # deterministic: the same cache key anywhere
+    assert "min of warm start" in plan.describe(middle.warm_start.batch_size)

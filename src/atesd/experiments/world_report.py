@@ -27,6 +27,7 @@ from atesd.prompts import PromptConfig, teacher_view
 from atesd.rollout import SamplingParams, make_rollout_engine
 from atesd.experiments.protocol import TOY_PROTOCOL, EvalProtocol, evaluate_under
 from atesd.toy.build import DATA_DIR, WORLD_FILE, ToyWorldConfig, build_toy_world, copy_world, world_splits
+from atesd.toy.budget import plan_world
 from atesd.toy.warmstart import WarmStartConfig, example_stream, train_supervised
 
 REVEAL_RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -177,12 +178,17 @@ def toy_world_report(world: str | os.PathLike, protocol: EvalProtocol = TOY_PROT
 
 
 def run_toy_build(preset: str = "toy-1m", out: str | None = None, data: str | None = None, seed: int = 0,
-                  report: bool = True, rebuild: bool = False) -> Path:
+                  report: bool = True, rebuild: bool = False, minutes: float = 15.0) -> Path:
     """`atesd toy build`: build (or reuse: the cache, the shipped default world) a world, copy it to
     `out` if given, print where it is and, with `report`, the student / teacher / headroom tables.
     rebuild: build even when the world is cached or shipped (into the cache; the shipped world
-    stays as it is)."""
-    world = build_toy_world(ToyWorldConfig(preset=preset, data=data, seed=seed), force=rebuild)
+    stays as it is). data: warm-start on this problem file, sized to `minutes` of warm start
+    (atesd.toy.budget; the plan is printed before the build starts)."""
+    cfg = ToyWorldConfig(preset=preset, data=data, seed=seed)
+    if data is not None:
+        cfg, plan = plan_world(cfg, minutes)
+        print(f"toy world on {data}: {plan.describe(cfg.warm_start.batch_size)}", flush=True)
+    world = build_toy_world(cfg, force=rebuild)
     if out is not None:
         world = copy_world(world, out)
     print(f"toy world: {world}")
