@@ -8,13 +8,13 @@ training loop drives it with `decide(t, contexts)` and `observe(t, TrainingSigna
 
 from atesd.exposure.config import ExposureConfig
 from atesd.exposure.decision import ExposureDecision
-from atesd.exposure.learned import (
+from atesd.exposure.beta_policy import (
     BetaPolicyNetwork,
-    LearnedExposure,
     controller_loss,
     default_target_entropy,
     entropy_penalty,
 )
+from atesd.exposure.learned import LearnedExposure
 from atesd.exposure.credit import ProbeCredit, StepCredit
 from atesd.exposure.per_example import PerExampleExposure
 from atesd.exposure.policies import (

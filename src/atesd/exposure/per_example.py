@@ -26,7 +26,7 @@ import torch
 
 from atesd.exposure.config import ExposureConfig
 from atesd.exposure.decision import ExposureChoice, StepClock
-from atesd.exposure.learned import BetaPolicyNetwork, clipped, default_target_entropy, policy_step
+from atesd.exposure.beta_policy import BetaPolicyNetwork, clipped, default_target_entropy, policy_step
 from atesd.exposure.reward import RunningScale
 from atesd.exposure.state import (
     EXAMPLE_FEATURE_NAMES,
