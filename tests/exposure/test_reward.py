@@ -134,3 +134,39 @@ def test_one_step_reward_closes_each_decision_after_the_next_step():
     assert closures == [(0, 1, 5), (4, 5, 5)]
     assert credits[0]["progress_return"] == pytest.approx(_loss(0) - _loss(1))
     assert credits[0]["grounding_return"] is None
+
+
+def test_with_lookahead_equal_to_the_hold_window_no_term_comes_from_another_decisions_steps():
+    """L = H = 4 (the default): decision t0's G_gt uses g of steps t0 … t0+3, all trained under its own
+    α, and G_lp the probe NLL ℓ_{t0} … ℓ_{t0+4}, where ℓ_{t0+4} is measured before step t0+4's update,
+    i.e. on the weights the window's four updates produced."""
+    cfg = ExposureConfig(policy="learned", hold_steps=4, lookahead_steps=4, decisions_per_update=2,
+                         grounding_weight=0.1, grounding_scale="none", discount=0.9)
+    policy = LearnedExposure(cfg, total_steps=20)
+    window_of = {}
+    credits = []
+    for step in range(13):
+        policy.ratio_for_step(step)
+        window_of[step] = step // 4
+        signals = TrainingSignals(distill_loss=1.0, divergence_mean=0.1, top1_disagreement=0.1,
+                                  probe_nll=10.0 - 0.5 * step, self_confidence=-0.5,
+                                  grounding_score=-float(step // 4))  # g tags the window it was measured in
+        credits += [r for r in policy.observe(step, signals) if r["event"] == "credit"]
+    assert [c["decision_step"] for c in credits] == [0, 4]
+    for credit in credits:
+        window = credit["decision_step"] // 4
+        assert credit["grounding_return"] == pytest.approx(-float(window))  # only its own window's g
+        assert credit["closed_step"] == credit["decision_step"] + 4
+        expected_lp = discounted_progress([10.0 - 0.5 * t for t in range(credit["decision_step"],
+                                                                           credit["decision_step"] + 5)], 0.9)
+        assert credit["progress_return"] == pytest.approx(expected_lp)
+
+
+def test_zscore_scaling_divides_each_part_by_its_running_std_before_weighting():
+    from atesd.exposure.reward import RunningScale
+
+    scale = RunningScale()
+    assert scale.scaled(2.0) == 0.0  # one value: no scale yet
+    value = scale.scaled(4.0)  # values 2, 4: population std 1
+    assert value == pytest.approx(4.0)
+    assert scale.rms() == pytest.approx(((4 + 16) / 2) ** 0.5)
