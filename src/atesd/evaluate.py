@@ -348,21 +348,30 @@ def evaluate(
 
 
 def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalReport:
-    """Load cfg's model (offline, safetensors, no remote code) and problems (the first `limit`),
-    evaluate, and write eval.json, eval.md (and samples.jsonl) into `cfg.out_dir`. Returns the report.
+    """Load cfg's problems (an evaluation-only set: a problem and an answer, a worked solution
+    optional; the first `limit`; bad rows per `on_bad_row`), the tokenizer (dropping
+    problems whose prompt is over `max_prompt_tokens`), then the model (offline, safetensors, no
+    remote code); evaluate, and write eval.json, eval.md (and samples.jsonl) into `cfg.out_dir`. Returns the report.
     `thinking` is the student's `enable_thinking`; `device` defaults to cuda when available."""
+    from atesd.config import ModelConfig
     from atesd.data import load_problems
-    from atesd.models import load_pretrained
+    from atesd.data_checks import drop_long_prompts
+    from atesd.models import load_pretrained, load_tokenizer
 
-    problems = load_problems(cfg.data, split=cfg.split, columns=cfg.columns or None)
+    problems = load_problems(cfg.data, split=cfg.split, columns=cfg.columns or None, on_bad_row=cfg.on_bad_row,
+                             require_solution=False)  # evaluation uses the problem and the answer only
     problems = problems[: cfg.limit] if cfg.limit is not None else problems
-    model, tokenizer = load_pretrained(cfg.model, cfg.dtype, cfg.device)
+    prompt_cfg = PromptConfig(student_thinking=cfg.thinking)
+    tokenizer = load_tokenizer(ModelConfig(name_or_path=str(cfg.model)))  # prompts are checked before the model loads
+    problems = drop_long_prompts(problems, tokenizer, prompt_cfg, cfg.max_prompt_tokens, str(cfg.data))
+    model, tokenizer = load_pretrained(cfg.model, cfg.dtype, cfg.device, tokenizer=tokenizer)
     sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                               top_k=cfg.top_k, seed=cfg.seed)
     meta = dict(model=str(cfg.model), data=str(cfg.data), split=cfg.split, limit=cfg.limit, thinking=cfg.thinking,
-                dtype=cfg.dtype, batch_size=cfg.batch_size, device=str(next(model.parameters()).device))
+                dtype=cfg.dtype, batch_size=cfg.batch_size, device=str(next(model.parameters()).device),
+                max_prompt_tokens=cfg.max_prompt_tokens)
     report = evaluate(model, tokenizer, problems, k=cfg.k, sampling=sampling,
-                      prompt_cfg=PromptConfig(student_thinking=cfg.thinking), batch_size=cfg.batch_size,
+                      prompt_cfg=prompt_cfg, batch_size=cfg.batch_size,
                       progress=progress, score_workers=cfg.score_workers, meta=meta)
     report.save(cfg.out_dir, samples=cfg.write_samples)
     return report
