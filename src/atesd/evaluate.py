@@ -3,7 +3,8 @@
 ATESD (arXiv 2605.11458) reports Average@12: the accuracy averaged over 12 samples per problem,
 i.e. over every (problem, sample) pair. We report that with a 95% confidence interval across
 problems, unbiased pass@k (Chen et al. 2021, "Evaluating Large Language Models Trained on Code",
-eq. 1), majority-vote accuracy maj@k, per-difficulty accuracy, completion length and truncation.
+eq. 1), majority-vote accuracy maj@k, per-difficulty accuracy, completion length, truncation and
+the share of completions that end in a repetition loop (`atesd.loops`).
 The student prompt is the one used for training (atesd.prompts.student_prompt).
 
 Where we depart from the paper / common practice:
@@ -31,6 +32,7 @@ from typing import Mapping, Sequence
 from atesd import atomic
 from atesd.answers import extract_boxed, score_batch
 from atesd.eval_config import EvalConfig
+from atesd.loops import ends_in_loop
 from atesd.prompts import PromptConfig, student_prompt
 from atesd.rollout import Rollout, RolloutEngine, SamplingParams, make_rollout_engine
 
@@ -134,6 +136,7 @@ class SampleRecord:
     correct: bool
     n_tokens: int
     truncated: bool
+    ends_in_loop: bool = False  # atesd.loops.ends_in_loop of its token ids
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,7 @@ class EvalReport:
     per_problem_accuracy: dict[str, float]
     mean_completion_tokens: float
     truncation_rate: float
+    loop_rate: float = 0.0  # share of completions ending in a repetition loop (atesd.loops)
     sampling: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     samples: tuple[SampleRecord, ...] = ()
@@ -195,6 +199,7 @@ class EvalReport:
             f"| maj@{k} | {100 * self.maj_at_k:.2f}% |",
             f"| mean completion tokens | {self.mean_completion_tokens:.1f} |",
             f"| truncation rate | {100 * self.truncation_rate:.2f}% |",
+            f"| loop rate | {100 * self.loop_rate:.2f}% |",
         ]
         if self.per_difficulty:
             lines += ["", f"| difficulty | problems | Average@{k} |", "| --- | --- | --- |"]
@@ -266,6 +271,7 @@ def aggregate(
         per_problem_accuracy=per_problem,
         mean_completion_tokens=sum(record.n_tokens for record in records) / len(records),
         truncation_rate=sum(record.truncated for record in records) / len(records),
+        loop_rate=sum(record.ends_in_loop for record in records) / len(records),
         sampling=dict(sampling or {}),
         meta=dict(meta or {}),
         samples=tuple(records),
@@ -341,6 +347,7 @@ def evaluate(
             correct=bool(is_correct),
             n_tokens=len(rollout.completion_ids),
             truncated=rollout.truncated,
+            ends_in_loop=ends_in_loop(rollout.completion_ids),
         )
         for index, (rollout, is_correct) in enumerate(zip(rollouts, correct))
     ]
