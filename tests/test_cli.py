@@ -1,8 +1,12 @@
 """The command line: real subprocesses, clear one-line errors, no tracebacks."""
 
+import importlib.util
 import json
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 from atesd.data import write_problems
 
@@ -40,3 +44,103 @@ def test_train_rejects_an_unknown_override_with_a_suggestion(tmp_path):
     proc = _atesd("train", "--config", config, "exposure.hold_step=4")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "did you mean 'exposure.hold_steps'" in proc.stderr
+
+
+def _one_error_line(proc, command):
+    """The process failed the documented way: exit code 2, no traceback, one `atesd CMD: error:` line."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith(f"atesd {command}: error: ")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+def _train_config(tmp_path, model, data, extra=""):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model:\n  name_or_path: {model}\ndata:\n  train: {data}\n{extra}"
+                      f"steps: 1\nprompts_per_step: 2\nprogress: false\noutput_dir: {tmp_path / 'run'}\n")
+    return config
+
+
+def test_eval_maps_columns_skips_bad_rows_and_drops_long_prompts_with_warnings(tiny_model_dir, toy_problems, tmp_path):
+    data = tmp_path / "renamed.jsonl"
+    rows = [{"id": p.id, "question": p.problem, "final": p.answer} for p in toy_problems[:3]]
+    rows.append({"id": "bad", "question": "   ", "final": "1"})  # empty problem: skipped
+    rows.append({"id": "long", "question": "1 + " * 500, "final": "1"})  # prompt too long: dropped
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    proc = _atesd("eval", "--model", tiny_model_dir, "--data", data, "--k", 1, "--out", tmp_path / "ev",
+                  "--max-new-tokens", 4, "--columns", "problem=question,answer=final", "--on-bad-row", "skip",
+                  "--max-prompt-tokens", 200)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert report["n_problems"] == 3 and report["meta"]["max_prompt_tokens"] == 200
+    assert f"{data}:4: field 'problem': is empty" in proc.stderr
+    assert "dropped 1 row(s) whose student prompt is longer than max_prompt_tokens=200" in proc.stderr
+    assert "id 'long': " in proc.stderr
+
+
+def test_eval_rejects_a_malformed_columns_flag_in_one_line(tmp_path):
+    proc = _atesd("eval", "--model", "m", "--data", "d.jsonl", "--columns", "problem=question,answer")
+    line = _one_error_line(proc, "eval")
+    assert "--columns 'problem=question,answer': 'answer' is not FIELD=COLUMN" in line
+
+
+def test_eval_with_a_model_directory_that_holds_no_model_is_a_one_line_error(toy_problems, tmp_path):
+    data = tmp_path / "test.jsonl"
+    write_problems(data, toy_problems[:2])
+    (tmp_path / "empty-model").mkdir()
+    proc = _atesd("eval", "--model", tmp_path / "empty-model", "--data", data, "--k", 1, "--out", tmp_path / "ev")
+    line = _one_error_line(proc, "eval")
+    assert f"cannot load the tokenizer of {str(tmp_path / 'empty-model')!r}: " in line
+
+
+def test_train_with_every_row_skipped_stops_on_the_data_before_the_model_loads(tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"problem": "p", "solution": "no box"}) + "\n{broken\n")
+    config = _train_config(tmp_path, tmp_path / "no-such-model", data)  # a model load would fail differently
+    line = _one_error_line(_atesd("train", "--config", config, "data.on_bad_row=skip"), "train")
+    assert f"{data}: no usable rows: 2 skipped" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_with_every_prompt_too_long_stops_after_the_tokenizer_before_the_model(tiny_model_dir, toy_problems,
+                                                                                    tmp_path):
+    tokenizer_only = tmp_path / "tokenizer-only"  # loading the model from here would raise OSError
+    shutil.copytree(tiny_model_dir, tokenizer_only, ignore=shutil.ignore_patterns("*.safetensors", "config.json"))
+    data = tmp_path / "train.jsonl"
+    write_problems(data, toy_problems[:4])
+    config = _train_config(tmp_path, tokenizer_only, data, "  max_prompt_tokens: 5\n")
+    line = _one_error_line(_atesd("train", "--config", config), "train")
+    assert f"{data}: no usable rows: all 4 prompts are longer than max_prompt_tokens=5" in line
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="needs an environment without vLLM")
+def test_train_with_the_vllm_backend_missing_is_a_one_line_error(tiny_model_dir, toy_problems, tmp_path):
+    data = tmp_path / "train.jsonl"
+    write_problems(data, toy_problems[:4])
+    config = _train_config(tmp_path, tiny_model_dir, data, "rollout:\n  backend: vllm\n")
+    line = _one_error_line(_atesd("train", "--config", config), "train")
+    assert "rollout backend 'vllm' is unavailable" in line
+
+
+def test_main_turns_division_by_zero_into_one_line_and_lets_other_bugs_through(monkeypatch, capsys):
+    from atesd import cli
+
+    add_report, _ = cli.COMMANDS["report"]
+    monkeypatch.setitem(cli.COMMANDS, "report", (add_report, lambda args: 1 / len(args.run_dir[:0])))
+    assert cli.main(["report", "run"]) == 2
+    assert capsys.readouterr().err == "atesd report: error: ZeroDivisionError: division by zero\n"
+
+    def bug(args):
+        raise KeyError("a real bug")
+
+    monkeypatch.setitem(cli.COMMANDS, "report", (add_report, bug))
+    with pytest.raises(KeyError):
+        cli.main(["report", "run"])
+
+
+def test_one_line_joins_a_multi_line_os_error():
+    from atesd.cli import one_line
+
+    error = OSError("m does not appear to have a file named config.json.\nCheckout 'https://x' for files.")
+    assert one_line(error) == "m does not appear to have a file named config.json. Checkout 'https://x' for files."

@@ -74,3 +74,11 @@ def test_base_file_is_merged_first_and_overridden_by_the_child(tmp_path):
     (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(tmp_path / "loop.yaml")
+
+
+def test_data_max_prompt_tokens_is_off_by_default_and_must_be_positive(tmp_path):
+    path = _write(tmp_path, "model:\n  name_or_path: m\ndata:\n  train: t.jsonl\n")
+    assert load_config(path).data.max_prompt_tokens is None
+    assert load_config(path, ["data.max_prompt_tokens=512"]).data.max_prompt_tokens == 512
+    with pytest.raises(ConfigError, match=r"data\.max_prompt_tokens must be >= 1"):
+        load_config(path, ["data.max_prompt_tokens=0"])

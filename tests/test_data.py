@@ -219,8 +219,45 @@ def test_skip_mode_keeps_good_rows_and_reports_a_count_per_reason(tmp_path, capl
     assert load_problems(path, on_bad_row="skip") == list(report.problems)
 
 
+def test_skip_mode_warning_names_each_skipped_row_and_why(tmp_path, caplog):
+    path = _mixed_file(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="atesd.data"):
+        load_problems(path, on_bad_row="skip")
+    lines = [line.strip() for line in caplog.text.splitlines()]
+    assert f"{path}:5: field 'solution': no \\boxed{{}} final answer" in lines
+    assert f"{path}:8: field 'id': duplicate id 'a' (first at {path}:1)" in lines
+    assert f"{path}:11: field 'problem': must be a string, got list ['not', 'text']" in lines
+
+
+def test_skip_mode_warning_lists_the_first_20_rows_then_how_many_more(tmp_path, caplog):
+    rows = [_row(id="good")] + [_row(id=f"bad{i}", solution="no box") for i in range(25)]
+    path = _jsonl(tmp_path / "t.jsonl", rows)
+    with caplog.at_level(logging.WARNING, logger="atesd.data"):
+        load_problems(path, on_bad_row="skip")
+    assert f"{path}:21: field 'solution'" in caplog.text  # the 20th bad row (line 21)
+    assert f"{path}:22:" not in caplog.text
+    assert "... and 5 more" in caplog.text
+
+
+def test_two_bad_fields_of_a_skipped_row_share_one_entry(tmp_path, caplog):
+    path = _jsonl(tmp_path / "t.jsonl", [_row(id="good"), _row(problem="", solution="no box")])
+    with caplog.at_level(logging.WARNING, logger="atesd.data"):
+        load_problems(path, on_bad_row="skip")
+    assert f"{path}:2: field 'problem': is empty; field 'solution': no \\boxed{{}} final answer" in caplog.text
+
+
+def test_every_row_skipped_is_a_one_line_error_naming_the_file(tmp_path):
+    path = _jsonl(tmp_path / "train.jsonl", [_row(solution="no box"), "{oops", _row(problem="")])
+    with pytest.raises(DataError) as caught:
+        load_problems(path, on_bad_row="skip")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: no usable rows: 3 skipped (1 empty, 1 invalid JSON, 1 no boxed answer)")
+    assert f"{path}:1: field 'solution'" in message
+
+
 def test_a_row_with_two_bad_fields_gets_one_line_per_field(tmp_path):
-    path = _jsonl(tmp_path / "t.jsonl", [_row(problem="", solution="no box")])
+    path = _jsonl(tmp_path / "t.jsonl", [_row(problem="", solution="no box"), _row()])
     with pytest.raises(DataError) as caught:
         load_problems(path)
     assert [(bad.location, bad.field) for bad in caught.value.bad_rows] == [
@@ -372,3 +409,83 @@ def test_training_load_still_requires_a_boxed_solution_when_an_answer_is_given(t
         load_problems(path)
     located = [(b.location, b.field) for b in caught.value.bad_rows]
     assert located == [(f"{path}:1", "solution"), (f"{path}:2", "solution")]
+
+
+# --- answers that disagree with their solution --------------------------------------------------
+
+
+def test_an_answer_disagreeing_with_the_solution_box_is_kept_with_a_warning_naming_the_row(tmp_path, caplog):
+    path = _jsonl(tmp_path / "t.jsonl", [_row(id="same", answer="2"), _row(id="equal", answer="2.0"),
+                                         _row(id="derived"), _row(id="wrong", answer="3")])
+    with caplog.at_level(logging.WARNING, logger="atesd.data_checks"):
+        problems = load_problems(path)
+    assert [(p.id, p.answer) for p in problems] == [("same", "2"), ("equal", "2.0"), ("derived", "2"),
+                                                    ("wrong", "3")]
+    assert "1 row(s) give an answer that disagrees" in caplog.text
+    assert f"{path}:4: answer '3' but the solution's last box is '2'" in caplog.text
+    assert f"{path}:2:" not in caplog.text  # 2.0 = 2 by math-verify
+
+
+def test_answer_disagreement_list_is_capped(tmp_path, caplog):
+    path = _jsonl(tmp_path / "t.jsonl", [_row(id=f"r{i}", answer="3") for i in range(23)])
+    with caplog.at_level(logging.WARNING, logger="atesd.data_checks"):
+        load_problems(path)
+    assert "23 row(s) give an answer that disagrees" in caplog.text
+    assert f"{path}:20:" in caplog.text and f"{path}:21:" not in caplog.text
+    assert "... and 3 more" in caplog.text
+
+
+def test_evaluation_only_rows_without_a_boxed_solution_are_not_compared(tmp_path, caplog):
+    path = _jsonl(tmp_path / "eval.jsonl", [
+        {"id": "unboxed", "problem": "p", "solution": "It is seven.", "answer": "7"},
+        {"id": "no-solution", "problem": "p", "answer": "8"},
+        {"id": "boxed", "problem": "p", "solution": "So $\\boxed{5}$.", "answer": "9"},
+    ])
+    with caplog.at_level(logging.WARNING, logger="atesd.data_checks"):
+        load_problems(path, require_solution=False)
+    assert "1 row(s) give an answer that disagrees" in caplog.text
+    assert f"{path}:3: answer '9'" in caplog.text
+
+
+# --- long cells and long prompts ----------------------------------------------------------------
+
+
+def _long_csv(path, long_problem):
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "problem", "solution"])
+        writer.writerow(["short", "What is $1 + 1$?", GOOD_SOLUTION])
+        writer.writerow(["long", long_problem, GOOD_SOLUTION])
+    return path
+
+
+def test_a_csv_cell_of_200000_characters_loads(tmp_path):
+    long_problem = "1 + " * 50_000  # 200,000 characters, over the csv module's default limit of 131,072
+    path = _long_csv(tmp_path / "t.csv", long_problem)
+    problems = load_problems(path)
+    assert [p.id for p in problems] == ["short", "long"]
+    assert len(problems[1].problem) == 200_000
+
+
+def test_max_prompt_tokens_drops_the_long_csv_row_with_a_warning_naming_it(tmp_path, tiny_tokenizer, caplog):
+    from atesd.data_checks import drop_long_prompts
+    from atesd.prompts import PromptConfig
+
+    path = _long_csv(tmp_path / "t.csv", "1 + " * 50_000)
+    with caplog.at_level(logging.WARNING, logger="atesd.data_checks"):
+        kept = drop_long_prompts(load_problems(path), tiny_tokenizer, PromptConfig(), 200, str(path))
+    assert [p.id for p in kept] == ["short"]
+    assert f"{path}: dropped 1 row(s) whose student prompt is longer than max_prompt_tokens=200; kept 1" in caplog.text
+    assert "id 'long': " in caplog.text and "id 'short'" not in caplog.text
+
+
+def test_max_prompt_tokens_none_keeps_every_row_and_all_dropped_is_a_one_line_error(tmp_path, tiny_tokenizer):
+    from atesd.data_checks import drop_long_prompts
+    from atesd.prompts import PromptConfig
+
+    problems = load_problems(_long_csv(tmp_path / "t.csv", "1 + " * 1000))
+    assert drop_long_prompts(problems, tiny_tokenizer, PromptConfig(), None, "t.csv") == problems
+    with pytest.raises(DataError) as caught:
+        drop_long_prompts(problems, tiny_tokenizer, PromptConfig(), 3, "t.csv")
+    assert "\n" not in str(caught.value)
+    assert str(caught.value).startswith("t.csv: no usable rows: all 2 prompts are longer than max_prompt_tokens=3")

@@ -10,7 +10,8 @@ import pytest
 
 from atesd.config import ConfigError
 from atesd.data import load_problems
-from atesd.eval_config import EvalConfig, check_complete, load_eval_config, prepare_eval_dir
+from atesd.data import DataError
+from atesd.eval_config import EvalConfig, check_complete, load_eval_config, parse_columns, prepare_eval_dir
 
 EVAL_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "eval"
 BENCHMARKS = {
@@ -61,6 +62,8 @@ def test_unknown_key_in_a_file_suggests_the_closest_field(tmp_path):
     ({"dtype": "fp8"}, "'dtype'.*'fp8'"),
     ({"top_p": 0.0}, "top_p must be in"),
     ({"columns": {"question": "q"}}, r"columns: unknown field\(s\) \['question'\]"),
+    ({"max_prompt_tokens": 0}, "max_prompt_tokens must be >= 1"),
+    ({"on_bad_row": "ignore"}, "'on_bad_row'.*'ignore'"),
 ])
 def test_invalid_values_are_config_errors_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -102,3 +105,34 @@ def test_atesd_eval_config_runs_end_to_end_on_an_answer_only_local_file(tiny_mod
     assert report["sampling"]["max_new_tokens"] == 8  # from the flag
     assert report["meta"]["thinking"] is True
     assert (out / "problems.jsonl").is_file() and (out / "samples.jsonl").is_file()
+
+
+def test_columns_flag_parses_field_column_pairs():
+    assert parse_columns("problem=question,answer=final") == {"problem": "question", "answer": "final"}
+    assert parse_columns(" id = problem_idx ") == {"id": "problem_idx"}
+
+
+@pytest.mark.parametrize("value, message", [
+    ("problem", r"'problem' is not FIELD=COLUMN"),
+    ("problem=", r"'problem=' is not FIELD=COLUMN"),
+    ("=question", r"'=question' is not FIELD=COLUMN"),
+    ("problem=q,,answer=a", r"'' is not FIELD=COLUMN"),
+    ("question=problem", r"unknown field 'question'; expected FIELD=COLUMN.*problem, solution, answer"),
+    ("answer=a,answer=b", r"field 'answer' is mapped twice"),
+])
+def test_malformed_columns_flag_is_a_config_error_naming_the_flag_and_the_part(value, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        parse_columns(value)
+    assert str(caught.value).startswith(f"--columns {value!r}: ") and "\n" not in str(caught.value)
+
+
+def test_prepare_eval_dir_skips_bad_rows_only_when_asked(tmp_path, toy_problems):
+    data = _answer_only_file(tmp_path / "bench.jsonl", toy_problems[:3])
+    with open(data, "a") as handle:
+        handle.write(json.dumps({"problem_idx": 9, "problem": "no answer"}) + "\n")
+    cfg = load_eval_config(None, {"data": str(data), "model": "m", "out_dir": str(tmp_path / "ev"),
+                                  "columns": {"id": "problem_idx"}})
+    with pytest.raises(DataError, match=r"bench\.jsonl:4: field 'answer'"):
+        prepare_eval_dir(cfg)
+    path = prepare_eval_dir(load_eval_config(None, {**cfg.__dict__, "on_bad_row": "skip"}))
+    assert [p.id for p in load_problems(path)] == ["1", "2", "3"]

@@ -28,7 +28,7 @@ from atesd.rollout.base import SamplingParams
 
 REQUIRED_KEYS = {
     "average_at_k", "pass_at_k", "maj_at_k", "ci95", "per_difficulty", "n_problems", "k",
-    "mean_completion_tokens", "truncation_rate",
+    "mean_completion_tokens", "truncation_rate", "loop_rate",
 }
 
 
@@ -45,16 +45,22 @@ def _records(pid: str, answers, correct, n_tokens: int = 5, truncated: bool = Fa
     ]
 
 
-def _without_stop_tokens(model, tokenizer):
-    """A copy that can never emit EOS or pad (their logits get −100), so every sample is truncated."""
+def _biased(model, bias: dict[int, float]):
+    """A copy whose output logits get `bias` (token id → added logit)."""
     biased = copy.deepcopy(model)
     head = torch.nn.Linear(biased.lm_head.in_features, biased.lm_head.out_features, bias=True)
     with torch.no_grad():
         head.weight.copy_(biased.lm_head.weight)
         head.bias.zero_()
-        head.bias[[tokenizer.eos_token_id, tokenizer.pad_token_id]] = -100.0
+        for token, value in bias.items():
+            head.bias[token] = value
     biased.lm_head = head
     return biased
+
+
+def _without_stop_tokens(model, tokenizer):
+    """A copy that can never emit EOS or pad (their logits get −100), so every sample is truncated."""
+    return _biased(model, {tokenizer.eos_token_id: -100.0, tokenizer.pad_token_id: -100.0})
 
 
 def test_pass_at_k_matches_hand_computed_cases():
@@ -137,7 +143,7 @@ def test_evaluate_end_to_end_on_tiny_model_writes_eval_json(tiny_model, tiny_tok
     report = evaluate(model, tiny_tokenizer, problems, k=2, sampling=sampling, batch_size=4, progress=True,
                       score_workers=0)
     assert report.n_problems == 3 and report.k == 2 and len(report.samples) == 6
-    assert report.truncation_rate == 1.0
+    assert report.truncation_rate == 1.0 and report.loop_rate == 0.0  # 4 tokens cannot hold a loop
     assert report.mean_completion_tokens == 4.0
     assert 0.0 <= report.average_at_k <= report.pass_at_k <= 1.0
     assert [r.problem_id for r in report.samples] == [p.id for p in problems for _ in range(2)]
@@ -174,3 +180,25 @@ def test_run_eval_loads_a_saved_model_and_writes_reports(tiny_model_dir, toy_pro
     assert saved["k"] == 2 and saved["n_problems"] == 2
     assert (tmp_path / "eval" / EVAL_MARKDOWN).exists()
     assert not list((tmp_path / "eval").glob("*.tmp"))
+
+
+def test_loop_rate_is_the_share_of_records_ending_in_a_loop_and_is_reported(tmp_path):
+    records = _records("a", ["1", "2"], [True, False]) + _records("b", ["4", None], [True, False])
+    records = [r if i != 1 else SampleRecord(**{**r.__dict__, "ends_in_loop": True}) for i, r in enumerate(records)]
+    report = aggregate([_problem("a"), _problem("b")], records, k=2)
+    assert report.loop_rate == 0.25
+    assert report.to_dict()["loop_rate"] == 0.25
+    assert "| loop rate | 25.00% |" in report.to_markdown()
+
+
+def test_a_model_that_repeats_one_token_ends_every_completion_in_a_loop(tiny_model, tiny_tokenizer, toy_problems,
+                                                                         tmp_path):
+    token = tiny_tokenizer.convert_tokens_to_ids(tiny_tokenizer.tokenize("7"))[0]
+    stuck = _biased(tiny_model, {token: 100.0})
+    greedy = SamplingParams(max_new_tokens=24, temperature=0.0)
+    report = evaluate(stuck, tiny_tokenizer, toy_problems[:2], k=1, sampling=greedy, progress=False, score_workers=0)
+    assert [r.n_tokens for r in report.samples] == [24, 24]
+    assert report.loop_rate == 1.0 and all(r.ends_in_loop for r in report.samples)
+    report.save(tmp_path)
+    assert json.loads((tmp_path / EVAL_JSON).read_text())["loop_rate"] == 1.0
+    assert json.loads((tmp_path / SAMPLES_JSONL).read_text().splitlines()[0])["ends_in_loop"] is True

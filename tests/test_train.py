@@ -69,7 +69,8 @@ def test_opsd_run_writes_config_metrics_checkpoints_and_final_model(world, tmp_p
     for key in ("train/loss", "train/divergence_mean", "train/divergence_p95", "train/divergence_p99",
                 "train/top1_disagreement", "train/clip_fraction", "train/student_entropy",
                 "train/teacher_entropy", "rollout/completion_length", "exposure/reveal_ratio",
-                "train/divergence_correct", "train/divergence_incorrect", "rollout/accuracy"):
+                "train/divergence_correct", "train/divergence_incorrect", "rollout/accuracy", "rollout/truncated",
+                "rollout/loop_rate"):
         assert key in metrics[0], key
     assert all(m["exposure/reveal_ratio"] == 1.0 for m in metrics)
     assert result.reveal_ratios == [1.0, 1.0, 1.0]

@@ -8,13 +8,14 @@ Layout of `output_dir`:
                              + components.pt (teacher, exposure policy, loop counters)
 
 A checkpoint is written into a temporary directory and renamed into place, so a run killed at any
-moment leaves only complete checkpoints. Resuming truncates the logs to the checkpoint's step, so
-a resumed run's logs equal an uninterrupted run's.
+moment leaves only complete checkpoints. Resuming truncates the logs to the checkpoint's step (and
+drops a line cut off by the kill), so a resumed run's logs equal an uninterrupted run's.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -22,7 +23,19 @@ from pathlib import Path
 
 import torch
 
+from atesd import atomic
+
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
+logger = logging.getLogger(__name__)
+
+
+def _json_object(line: str) -> dict | None:
+    """The JSON object on a log line, or None when the line is not one (cut off, garbled)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 class RunDir:
@@ -40,18 +53,29 @@ class RunDir:
                 fh.write(json.dumps(record) + "\n")
 
     def truncate_logs(self, step: int) -> None:
-        """Drop log lines of steps >= `step` (written after the checkpoint we resume from)."""
+        """Drop log lines of steps >= `step` (written after the checkpoint we resume from), and
+        lines that are not a JSON object: a run killed mid-write leaves a half-written last line
+        (dropped quietly); a bad line anywhere else is dropped with a warning naming it."""
         if not self.is_main:
             return
         for name in ("metrics.jsonl", "exposure.jsonl"):
             file = self.path / name
             if not file.exists():
                 continue
-            kept = [line for line in file.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", -1) < step]
-            tmp = file.with_suffix(".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, file)
+            lines = file.read_text(encoding="utf-8", errors="replace").splitlines()
+            kept = []
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                record = _json_object(line)
+                if record is None:
+                    if number < len(lines):
+                        logger.warning("%s:%d: dropped a line that is not a JSON object: %.80s", file, number, line)
+                    else:
+                        logger.info("%s:%d: dropped a half-written last line (a killed run)", file, number)
+                elif record.get("step", -1) < step:
+                    kept.append(line)
+            atomic.write_text(file, "".join(line + "\n" for line in kept))
 
     # ---- checkpoints ------------------------------------------------------------------------
     def latest(self) -> tuple[int, Path] | None:

@@ -1,7 +1,9 @@
 """`atesd` command line: parse arguments, dispatch to the library. No logic lives here.
 
 Subcommands: eval, toy build, train, demo, report, mismatch, bench, diagnose. A bad input file or config ends with a one-line error
-naming the file, line and field (exit code 2), never a raw traceback.
+naming the file, line and field (exit code 2), never a raw traceback; so do an unreadable model
+directory (OSError), a missing optional backend (ImportError) and a division by zero, each on one
+line. Other exceptions are bugs and keep their traceback.
 """
 
 from __future__ import annotations
@@ -38,17 +40,25 @@ def _add_eval(sub) -> None:
                    help="enable_thinking for the student prompt (default off)")
     p.add_argument("--dtype", default=None, help=f"float32, bfloat16 or float16 (default {d.dtype})")
     p.add_argument("--batch-size", type=int, default=None, help=f"samples per generation call (default {d.batch_size})")
+    p.add_argument("--columns", default=None, metavar="FIELD=COLUMN,...",
+                   help="map fields to the data's columns, e.g. problem=question,answer=final")
+    p.add_argument("--on-bad-row", choices=["error", "skip"], default=None,
+                   help=f"a bad row stops the run (error) or is dropped with a warning (skip); default {d.on_bad_row}")
+    p.add_argument("--max-prompt-tokens", type=int, default=None,
+                   help="drop problems whose student prompt is longer, with a warning (default: no limit)")
 
 
 def _run_eval(args) -> None:
     from dataclasses import replace
 
-    from atesd.eval_config import check_complete, load_eval_config, prepare_eval_dir
+    from atesd.eval_config import check_complete, load_eval_config, parse_columns, prepare_eval_dir
     from atesd.evaluate import run_eval
 
     names = ("model", "data", "split", "k", "out_dir", "max_new_tokens", "temperature", "top_p", "top_k",
-             "seed", "limit", "thinking", "dtype", "batch_size")
+             "seed", "limit", "thinking", "dtype", "batch_size", "on_bad_row", "max_prompt_tokens")
     flags = {name: getattr(args, name) for name in names if getattr(args, name) is not None}  # given flags only
+    if args.columns is not None:
+        flags["columns"] = parse_columns(args.columns)
     cfg = load_eval_config(args.config, flags)
     check_complete(cfg)
     if args.config is not None:  # a config's data may be an evaluation-only set (answers, no solutions)
@@ -251,7 +261,19 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"atesd {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except (OSError, ImportError, ZeroDivisionError) as err:  # a bad --model path, a missing backend
+        print(f"atesd {args.command}: error: {one_line(err)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line (its lines joined); the type's name when the message alone
+    would not say what happened (ZeroDivisionError's "division by zero")."""
+    message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    if isinstance(err, ZeroDivisionError) or not message:
+        message = f"{type(err).__name__}: {message}" if message else type(err).__name__
+    return message
 
 
 if __name__ == "__main__":

@@ -86,10 +86,13 @@ class DataConfig:
     solution_column: str = "solution"
     answer_column: Optional[str] = None  # None: the last \boxed{} of the solution
     val: Optional[str] = None  # validation file, used by periodic evaluation
-    on_bad_row: Literal["error", "skip"] = "error"
+    on_bad_row: Literal["error", "skip"] = "error"  # skip: drop bad rows with one warning naming them
+    max_prompt_tokens: Optional[int] = None  # drop rows whose student prompt is longer (train and val); None: keep all
 
     def __post_init__(self) -> None:
         check_choices(self, "data")
+        _check(self.max_prompt_tokens is None or self.max_prompt_tokens >= 1,
+               f"data.max_prompt_tokens must be >= 1 (or null for no limit), got {self.max_prompt_tokens}")
 
 
 @dataclass

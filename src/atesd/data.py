@@ -31,15 +31,19 @@ Choices the papers leave open (ours):
    else None.
 4. Validation collects every bad field of every row. ``on_bad_row="error"`` raises one `DataError`
    with one line per bad field (the first 200 in the message, all in ``DataError.bad_rows``);
-   ``"skip"`` drops those rows, logs one warning with the count per reason, and
+   ``"skip"`` drops those rows, logs one warning with the count per reason and each skipped
+   row's location and details (the first 20 rows, then "... and K more"), and
    `load_problems_with_report` returns what was skipped. Problems that concern the whole file
    (missing, unreadable, a mapped column absent from a CSV header or Parquet schema, nothing in
-   it) raise `DataError` in both modes.
+   it, every row skipped: "no usable rows") raise `DataError` in both modes.
 5. ``require_solution=False`` loads an evaluation-only set (AIME, HMMT: a problem and a final
    answer, no worked solution). The solution column becomes optional (absent → ``solution=""``)
    and is not checked for a box when the row gives an answer; a row needs an answer, from the
    answer column or else the solution's last box. Training never passes this flag: `reveal`
    needs a solution with a final-answer box.
+6. A row whose given answer disagrees with its solution's last box (`atesd.data_checks`:
+   normalised strings, then math-verify) is kept, with its given answer as the gold one, and named
+   in one warning (capped like the skipped rows). Rows without a boxed solution are not compared.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from typing import Any
 
 from atesd import atomic
 from atesd.answers import extract_boxed
+from atesd.data_checks import capped, warn_answer_disagreements
 from atesd.data_sources import (
     SUFFIXES,
     BadRow,
@@ -227,7 +232,7 @@ def load_problems_with_report(
         columns: our field name → the source's column name, e.g. ``{"problem": "question"}``;
             unmapped fields are looked up under their own name.
         on_bad_row: ``"error"`` raises one DataError listing every bad field; ``"skip"`` drops
-            bad rows and logs a warning with the count per reason.
+            bad rows and logs a warning naming them; every row bad is a DataError in both modes.
         require_solution: False loads an evaluation-only set: no solution needed, but an
             answer (departure 5 in the module docstring). Never for training data.
 
@@ -269,6 +274,7 @@ def load_problems_with_report(
         records, id_stem = read_hub(source, split, required)
 
     problems: list[Problem] = []
+    locations: list[str] = []
     bad_rows: list[BadRow] = []
     first_seen: dict[str, str] = {}
     row_count = 0
@@ -286,6 +292,7 @@ def load_problems_with_report(
         else:
             first_seen[result.id] = record.location
             problems.append(result)
+            locations.append(record.location)
     if row_count == 0:
         raise DataError(f"{label}: no rows")
 
@@ -301,10 +308,22 @@ def load_problems_with_report(
     report = LoadReport(tuple(problems), tuple(bad_rows))
     if bad_rows:
         reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(report.skipped_by_reason.items()))
-        logger.warning(
-            "%s: skipped %d bad row(s) (%s); kept %d", label, report.skipped_rows, reasons, len(problems)
-        )
+        if not problems:
+            raise DataError(f"{label}: no usable rows: {report.skipped_rows} skipped ({reasons}), e.g. "
+                            f"{bad_rows[0]}; fix the rows or map the columns")
+        listing = "".join(f"\n  {entry}" for entry in capped(_by_row(bad_rows)))
+        logger.warning("%s: skipped %d bad row(s) (%s); kept %d:%s",
+                       label, report.skipped_rows, reasons, len(problems), listing)
+    warn_answer_disagreements(label, zip(locations, problems))
     return report
+
+
+def _by_row(bad_rows: Iterable[BadRow]) -> list[str]:
+    """One entry per bad row: its location and every bad field's detail, in source order."""
+    rows: dict[str, list[str]] = {}
+    for bad in bad_rows:
+        rows.setdefault(bad.location, []).append(str(bad)[len(bad.location) + 2:])
+    return [f"{location}: {'; '.join(details)}" for location, details in rows.items()]
 
 
 def load_problems(

@@ -16,7 +16,9 @@ Where we depart from the papers / what we add:
    problems evaluated) plus `out_dir/eval_config.yaml` (the resolved config, with the hub id);
    `run_eval` then reads that file. A row without a boxed solution gets the stand-in solution
    `\\boxed{answer}`: it is never shown to the model (evaluation uses only the problem and the
-   answer), it only satisfies the training-data validation that `run_eval` applies.
+   answer), it only keeps problems.jsonl a valid training-format file (`run_eval` itself loads
+   evaluation-only sets: `atesd eval --data answers.jsonl --columns problem=question,answer=final`
+   works without a config too).
 2. The papers do not say whether top-k was used at evaluation; the shipped configs disable it
    (top_k 0), sampling exactly "temperature 1.0, top-p 0.95".
 """
@@ -61,6 +63,8 @@ class EvalConfig:
     device: Optional[str] = None  # None: cuda when available, else cpu
     score_workers: Optional[int] = None  # answer-checking processes (None: default pool; 0: in-process)
     write_samples: bool = True  # also write samples.jsonl
+    on_bad_row: Literal["error", "skip"] = "error"  # skip: drop bad rows with one warning naming them
+    max_prompt_tokens: Optional[int] = None  # drop problems whose student prompt is longer; None: keep all
 
     def __post_init__(self) -> None:
         """Range checks; each message names the key."""
@@ -73,6 +77,8 @@ class EvalConfig:
             (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (self.top_k >= 0, f"top_k must be >= 0 (0 disables it), got {self.top_k}"),
+            (self.max_prompt_tokens is None or self.max_prompt_tokens >= 1,
+             f"max_prompt_tokens must be >= 1 (or null for no limit), got {self.max_prompt_tokens}"),
             (not set(self.columns) - set(_COLUMN_FIELDS),
              f"columns: unknown field(s) {sorted(set(self.columns) - set(_COLUMN_FIELDS))}; the fields are "
              f"{list(_COLUMN_FIELDS)}"),
@@ -101,6 +107,23 @@ def load_eval_config(path: str | Path | None = None, overrides: Mapping[str, Any
         raise ConfigError(str(err)) from None
 
 
+def parse_columns(value: str) -> dict[str, str]:
+    """The `--columns` flag, ``problem=question,answer=final``, as {field: column}. Raises
+    ConfigError naming the flag, the bad part and the fields for a malformed value."""
+    columns: dict[str, str] = {}
+    form = f"expected FIELD=COLUMN[,FIELD=COLUMN...] with FIELD one of {', '.join(_COLUMN_FIELDS)}"
+    for part in value.split(","):
+        field_name, equals, column = (text.strip() for text in part.partition("="))
+        if not equals or not field_name or not column:
+            raise ConfigError(f"--columns {value!r}: {part.strip()!r} is not FIELD=COLUMN; {form}")
+        if field_name not in _COLUMN_FIELDS:
+            raise ConfigError(f"--columns {value!r}: unknown field {field_name!r}; {form}")
+        if field_name in columns:
+            raise ConfigError(f"--columns {value!r}: field {field_name!r} is mapped twice")
+        columns[field_name] = column
+    return columns
+
+
 def check_complete(cfg: EvalConfig) -> None:
     """A runnable config names a model and data; the message says which flag supplies each."""
     missing = [f"{name} (--{name})" for name in ("model", "data") if not getattr(cfg, name)]
@@ -126,7 +149,8 @@ def prepare_eval_dir(cfg: EvalConfig) -> Path:
 
     check_complete(cfg)
     try:
-        problems = load_problems(cfg.data, split=cfg.split, columns=cfg.columns or None, require_solution=False)
+        problems = load_problems(cfg.data, split=cfg.split, columns=cfg.columns or None, on_bad_row=cfg.on_bad_row,
+                                 require_solution=False)
     except DataError:
         raise
     except ValueError as err:  # e.g. a split given for a local file
@@ -139,4 +163,4 @@ def prepare_eval_dir(cfg: EvalConfig) -> Path:
     return path
 
 
-__all__ = ["EvalConfig", "load_eval_config", "check_complete", "prepare_eval_dir"]
+__all__ = ["EvalConfig", "load_eval_config", "parse_columns", "check_complete", "prepare_eval_dir"]

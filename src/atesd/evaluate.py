@@ -3,7 +3,8 @@
 ATESD (arXiv 2605.11458) reports Average@12: the accuracy averaged over 12 samples per problem,
 i.e. over every (problem, sample) pair. We report that with a 95% confidence interval across
 problems, unbiased pass@k (Chen et al. 2021, "Evaluating Large Language Models Trained on Code",
-eq. 1), majority-vote accuracy maj@k, per-difficulty accuracy, completion length and truncation.
+eq. 1), majority-vote accuracy maj@k, per-difficulty accuracy, completion length, truncation and
+the share of completions that end in a repetition loop (`atesd.loops`).
 The student prompt is the one used for training (atesd.prompts.student_prompt).
 
 Where we depart from the paper / common practice:
@@ -31,6 +32,7 @@ from typing import Mapping, Sequence
 from atesd import atomic
 from atesd.answers import extract_boxed, score_batch
 from atesd.eval_config import EvalConfig
+from atesd.loops import ends_in_loop
 from atesd.prompts import PromptConfig, student_prompt
 from atesd.rollout import Rollout, RolloutEngine, SamplingParams, make_rollout_engine
 
@@ -134,6 +136,7 @@ class SampleRecord:
     correct: bool
     n_tokens: int
     truncated: bool
+    ends_in_loop: bool = False  # atesd.loops.ends_in_loop of its token ids
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,7 @@ class EvalReport:
     per_problem_accuracy: dict[str, float]
     mean_completion_tokens: float
     truncation_rate: float
+    loop_rate: float = 0.0  # share of completions ending in a repetition loop (atesd.loops)
     sampling: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     samples: tuple[SampleRecord, ...] = ()
@@ -195,6 +199,7 @@ class EvalReport:
             f"| maj@{k} | {100 * self.maj_at_k:.2f}% |",
             f"| mean completion tokens | {self.mean_completion_tokens:.1f} |",
             f"| truncation rate | {100 * self.truncation_rate:.2f}% |",
+            f"| loop rate | {100 * self.loop_rate:.2f}% |",
         ]
         if self.per_difficulty:
             lines += ["", f"| difficulty | problems | Average@{k} |", "| --- | --- | --- |"]
@@ -266,6 +271,7 @@ def aggregate(
         per_problem_accuracy=per_problem,
         mean_completion_tokens=sum(record.n_tokens for record in records) / len(records),
         truncation_rate=sum(record.truncated for record in records) / len(records),
+        loop_rate=sum(record.ends_in_loop for record in records) / len(records),
         sampling=dict(sampling or {}),
         meta=dict(meta or {}),
         samples=tuple(records),
@@ -341,6 +347,7 @@ def evaluate(
             correct=bool(is_correct),
             n_tokens=len(rollout.completion_ids),
             truncated=rollout.truncated,
+            ends_in_loop=ends_in_loop(rollout.completion_ids),
         )
         for index, (rollout, is_correct) in enumerate(zip(rollouts, correct))
     ]
@@ -348,21 +355,30 @@ def evaluate(
 
 
 def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalReport:
-    """Load cfg's model (offline, safetensors, no remote code) and problems (the first `limit`),
-    evaluate, and write eval.json, eval.md (and samples.jsonl) into `cfg.out_dir`. Returns the report.
+    """Load cfg's problems (an evaluation-only set: a problem and an answer, a worked solution
+    optional; the first `limit`; bad rows per `on_bad_row`), the tokenizer (dropping
+    problems whose prompt is over `max_prompt_tokens`), then the model (offline, safetensors, no
+    remote code); evaluate, and write eval.json, eval.md (and samples.jsonl) into `cfg.out_dir`. Returns the report.
     `thinking` is the student's `enable_thinking`; `device` defaults to cuda when available."""
+    from atesd.config import ModelConfig
     from atesd.data import load_problems
-    from atesd.models import load_pretrained
+    from atesd.data_checks import drop_long_prompts
+    from atesd.models import load_pretrained, load_tokenizer
 
-    problems = load_problems(cfg.data, split=cfg.split, columns=cfg.columns or None)
+    problems = load_problems(cfg.data, split=cfg.split, columns=cfg.columns or None, on_bad_row=cfg.on_bad_row,
+                             require_solution=False)  # evaluation uses the problem and the answer only
     problems = problems[: cfg.limit] if cfg.limit is not None else problems
-    model, tokenizer = load_pretrained(cfg.model, cfg.dtype, cfg.device)
+    prompt_cfg = PromptConfig(student_thinking=cfg.thinking)
+    tokenizer = load_tokenizer(ModelConfig(name_or_path=str(cfg.model)))  # prompts are checked before the model loads
+    problems = drop_long_prompts(problems, tokenizer, prompt_cfg, cfg.max_prompt_tokens, str(cfg.data))
+    model, tokenizer = load_pretrained(cfg.model, cfg.dtype, cfg.device, tokenizer=tokenizer)
     sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                               top_k=cfg.top_k, seed=cfg.seed)
     meta = dict(model=str(cfg.model), data=str(cfg.data), split=cfg.split, limit=cfg.limit, thinking=cfg.thinking,
-                dtype=cfg.dtype, batch_size=cfg.batch_size, device=str(next(model.parameters()).device))
+                dtype=cfg.dtype, batch_size=cfg.batch_size, device=str(next(model.parameters()).device),
+                max_prompt_tokens=cfg.max_prompt_tokens)
     report = evaluate(model, tokenizer, problems, k=cfg.k, sampling=sampling,
-                      prompt_cfg=PromptConfig(student_thinking=cfg.thinking), batch_size=cfg.batch_size,
+                      prompt_cfg=prompt_cfg, batch_size=cfg.batch_size,
                       progress=progress, score_workers=cfg.score_workers, meta=meta)
     report.save(cfg.out_dir, samples=cfg.write_samples)
     return report

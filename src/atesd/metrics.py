@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 from accelerate.utils import gather_object
 
+from atesd.loops import ends_in_loop
 from atesd.objectives import LossStats
 
 
@@ -40,7 +41,8 @@ class StepSummary:
     top1_disagreement, student_entropy, teacher_entropy, clip_fraction: token means (full-vocabulary
     divergences only). rollout_accuracy: share of rollouts with a verified-correct answer.
     self_confidence: mean log-prob of the sampled tokens under the sampling distribution (None
-    without rollouts, e.g. SFT). truncated: share of rollouts that hit max_new_tokens.
+    without rollouts, e.g. SFT). truncated: share of rollouts that hit max_new_tokens. loop_rate:
+    share of rollouts whose completion ids end in a repetition loop (`atesd.loops`).
     """
 
     loss: float
@@ -58,6 +60,7 @@ class StepSummary:
     tokens: int
     self_confidence: float | None
     truncated: float | None
+    loop_rate: float | None = None
 
     def metrics(self) -> dict:
         """The metrics.jsonl entries of this summary (None-valued optional ones left out)."""
@@ -74,7 +77,8 @@ class StepSummary:
         }
         optional = {"train/top1_disagreement": self.top1_disagreement, "train/clip_fraction": self.clip_fraction,
                     "train/student_entropy": self.student_entropy, "train/teacher_entropy": self.teacher_entropy,
-                    "rollout/self_confidence": self.self_confidence, "rollout/truncated": self.truncated}
+                    "rollout/self_confidence": self.self_confidence, "rollout/truncated": self.truncated,
+                    "rollout/loop_rate": self.loop_rate}
         return {**out, **{k: v for k, v in optional.items() if v is not None}}
 
 
@@ -98,10 +102,11 @@ def summarize_step(accelerator, loss_sum: torch.Tensor, stats: Sequence[LossStat
             return None
         return _mean(_gather(accelerator, [v for s in stats for v in getattr(s, name)[s.mask].tolist()]))
 
-    self_confidence = truncated = None
+    self_confidence = truncated = loop_rate = None
     if rollouts is not None:
         self_confidence = _mean(_gather(accelerator, [lp for r in rollouts for lp in r.logprobs]))
         truncated = _mean(_gather(accelerator, [r.truncated for r in rollouts]))
+        loop_rate = _mean(_gather(accelerator, [ends_in_loop(r.completion_ids) for r in rollouts]))
     return StepSummary(
         loss=accelerator.reduce(loss_sum.detach().float().reshape(1), "mean").item(),
         divergence_mean=_mean(tokens), divergence_p95=_quantile(tokens, 0.95), divergence_p99=_quantile(tokens, 0.99),
@@ -109,5 +114,5 @@ def summarize_step(accelerator, loss_sum: torch.Tensor, stats: Sequence[LossStat
         top1_disagreement=token_mean("top1_disagreement"), student_entropy=token_mean("student_entropy"),
         teacher_entropy=token_mean("teacher_entropy"), clip_fraction=token_mean("clip_fraction"),
         rollout_accuracy=_mean(correct_all), completion_length=_mean(lengths), tokens=int(sum(lengths)),
-        self_confidence=self_confidence, truncated=truncated,
+        self_confidence=self_confidence, truncated=truncated, loop_rate=loop_rate,
     )

@@ -5,7 +5,8 @@ dtype, LoRA or full fine-tuning, gradient checkpointing); `load_pretrained` give
 its tokenizer for evaluation and analysis.
 
 Weights load through `from_pretrained` (safetensors); `trust_remote_code` stays off unless the
-config turns it on. Nothing here reaches the network unless the user names a hub model.
+config turns it on. A model or tokenizer that cannot be loaded is an OSError naming it (the CLI
+prints it on one line). Nothing here reaches the network unless the user names a hub model.
 """
 
 from __future__ import annotations
@@ -23,8 +24,18 @@ from atesd.config import ModelConfig
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def _from_pretrained(loader, what: str, name_or_path: str, **kwargs):
+    """`loader.from_pretrained(name_or_path, ...)`; a failure (transformers raises OSError or
+    ValueError for a missing or foreign directory) becomes an OSError that names the model."""
+    try:
+        return loader.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as err:
+        where = "" if Path(name_or_path).expanduser().is_dir() else " (no such local directory, so looked up as a hub id)"
+        raise OSError(f"cannot load the {what} of {name_or_path!r}{where}: {err}") from err
+
+
 def load_tokenizer(cfg: ModelConfig):
-    tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = _from_pretrained(AutoTokenizer, "tokenizer", cfg.name_or_path, trust_remote_code=cfg.trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -35,7 +46,7 @@ def load_model(cfg: ModelConfig, trainable: bool = True):
     kwargs = {"dtype": DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **kwargs)
+    model = _from_pretrained(AutoModelForCausalLM, "model", cfg.name_or_path, **kwargs)
     if not trainable:
         return model.eval().requires_grad_(False)
     if cfg.gradient_checkpointing:
@@ -57,13 +68,14 @@ def load_model(cfg: ModelConfig, trainable: bool = True):
 
 
 def load_pretrained(name_or_path, dtype: str = "float32", device: str | None = None,
-                    trust_remote_code: bool = False):
-    """(model, tokenizer): a frozen model in eval mode on `device` (default: cuda when present)."""
+                    trust_remote_code: bool = False, tokenizer=None):
+    """(model, tokenizer): a frozen model in eval mode on `device` (default: cuda when present) and
+    its tokenizer (`tokenizer` when the caller loaded it already, e.g. to check prompts first)."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     cfg = ModelConfig(name_or_path=str(name_or_path), dtype=dtype, trust_remote_code=trust_remote_code)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load_model(cfg, trainable=False).to(device), load_tokenizer(cfg)
+    return load_model(cfg, trainable=False).to(device), tokenizer if tokenizer is not None else load_tokenizer(cfg)
 
 
 def is_lora(model) -> bool:

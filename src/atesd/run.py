@@ -1,8 +1,10 @@
 """A training run's components and plumbing: everything `atesd.train` sets up once.
 
-`TrainingRun.start(cfg, resume)` builds the accelerator, tokenizer, policy, teacher, training
-problems, objective, exposure policy (and its held-out probe), optimizer, scheduler, rollout engine
-and validator, restores a checkpoint when resuming, and truncates the logs to it. The loop then
+`TrainingRun.start(cfg, resume)` builds the accelerator, loads the training problems, then the
+tokenizer (and drops prompts over `data.max_prompt_tokens`), so that bad data stops a run before any
+model loads; then the policy, teacher, objective, exposure policy (and its held-out probe),
+optimizer, scheduler, rollout engine and validator, restores a checkpoint when resuming, and
+truncates the logs to it. The loop then
 calls `steps()`, `accumulation(last)`, `log(step, metrics)`, `after_step(step, finite)` and
 `finish()`: the cross-cutting concerns (progress bar, trackers, the non-finite-step guard,
 checkpoint contents and cadence, the final save) live here, one line each in the loop.
@@ -22,6 +24,7 @@ from tqdm.auto import tqdm
 from atesd.checkpoint import RunDir
 from atesd.config import TrainConfig, save_config
 from atesd.data import load_problems
+from atesd.data_checks import drop_long_prompts
 from atesd.exposure import ProbeCredit, make_exposure_policy
 from atesd.models import load_model, load_tokenizer, output_head, save_trained
 from atesd.objectives import make_objective
@@ -116,12 +119,17 @@ class TrainingRun:
         if per_process * world != cfg.prompts_per_step or per_process % cfg.optim.grad_accum_steps:
             raise ValueError(f"prompts_per_step={cfg.prompts_per_step} must split evenly over {world} processes "
                              f"× optim.grad_accum_steps={cfg.optim.grad_accum_steps} micro-batches")
-        problems = _load_training_problems(cfg)  # bad data stops the run before any model loads
+        # Bad data stops the run before any model loads (prompt lengths need the tokenizer only).
+        problems = _load_training_problems(cfg)
         validation_problems = load_validation_problems(cfg) if cfg.validation.every else None
+        tokenizer = load_tokenizer(cfg.model)
+        problems = drop_long_prompts(problems, tokenizer, cfg.prompts, cfg.data.max_prompt_tokens, cfg.data.train)
+        if validation_problems is not None:
+            validation_problems = drop_long_prompts(validation_problems, tokenizer, cfg.prompts,
+                                                    cfg.data.max_prompt_tokens, str(cfg.data.val))
         run_dir = RunDir(out, accelerator.is_main_process)
         if accelerator.is_main_process:
             save_config(cfg, out / "config.yaml")
-        tokenizer = load_tokenizer(cfg.model)
         policy = load_model(cfg.model)
         teacher = Teacher(cfg.teacher.kind, policy, cfg.teacher.ema_decay)
         objective = make_objective(cfg.loss)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from atesd.experiments.report import beta_pdf, make_report, run_summary, snapshot_indices, summarize_run
+from atesd.experiments.report import (beta_pdf, load_run, loss_kl_panels, make_report, run_summary,
+                                     snapshot_indices, summarize_run)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STEPS = 20
@@ -34,6 +35,8 @@ def _metrics(step: int) -> dict:
         "exposure/reveal_ratio": ratio,
         "rollout/accuracy": 0.1 * (step % 5),
         "rollout/completion_length": 40.0,
+        "rollout/truncated": 0.25,
+        "rollout/loop_rate": 0.05 * (step % 3),
         "timing/step_s": 1.0 + step % 2,
         "exposure/probe_nll": 1.5,
         "exposure/grounding_score": -2.0,
@@ -182,3 +185,17 @@ def test_snapshot_indices_pick_first_quartiles_and_last_without_repeats():
     assert snapshot_indices(1) == [0]
     assert snapshot_indices(3) == [0, 1, 2]
     assert snapshot_indices(101) == [0, 25, 50, 75, 100]
+
+
+def test_loss_kl_plots_loop_rate_and_truncation_over_steps(learned_run):
+    panels = {panel.ylabel: dict(panel.lines) for panel in loss_kl_panels(load_run(learned_run))}
+    rollouts = panels["share of rollouts"]
+    steps, loop_rates = rollouts["rollout/loop_rate"]
+    assert steps == list(range(STEPS)) and loop_rates == [0.05 * (s % 3) for s in range(STEPS)]
+    assert rollouts["rollout/truncated"] == (list(range(STEPS)), [0.25] * STEPS)
+
+
+def test_a_run_logging_only_loop_rate_and_truncation_still_gets_loss_kl(tmp_path):
+    _write_jsonl(tmp_path / "metrics.jsonl",
+                 [{"step": s, "rollout/loop_rate": 0.5, "rollout/truncated": 1.0} for s in range(3)])
+    assert [p.name for p in make_report(tmp_path)] == ["loss_kl.png"]

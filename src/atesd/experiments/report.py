@@ -11,7 +11,9 @@ and draws PNGs into RUN_DIR/plots/ on matplotlib's Agg canvas (no pyplot, no dis
   reward.png        G_lp, G_gt and R = G_lp + λ_gt·G_gt per closed decision; the controller's
                     loss and Beta entropy per update
   loss_kl.png       distillation loss, divergence mean/p95/p99, top-1 disagreement, divergence
-                    on correct vs incorrect rollouts, rollout accuracy, probe NLL, grounding score
+                    on correct vs incorrect rollouts, rollout accuracy, the shares of rollouts that
+                    end in a repetition loop (rollout/loop_rate) and that hit the token limit
+                    (rollout/truncated), probe NLL, grounding score
 A plot whose data the run lacks is not drawn, and a stale copy of it is removed. Lines that do
 not parse (a run killed mid-write) and non-finite values (skipped steps) are left out; when a
 resumed run repeated a step, the last line of that step wins.
@@ -272,18 +274,24 @@ def plot_reward(logs: RunLogs, path: Path) -> Path | None:
 
 
 def plot_loss_kl(logs: RunLogs, path: Path) -> Path | None:
+    return _panel_figure(path, loss_kl_panels(logs))
+
+
+def loss_kl_panels(logs: RunLogs) -> list[Panel]:
+    """The panels of loss_kl.png, each line a metric over steps (empty where the run lacks it)."""
     def metric(*keys: str) -> tuple[tuple[str, Series], ...]:
         return tuple((key, _series(logs.metrics, key)) for key in keys)
 
-    return _panel_figure(path, [
+    return [
         Panel("loss", metric("train/loss")),
         Panel("divergence", metric("train/divergence_mean", "train/divergence_p95", "train/divergence_p99")),
         Panel("top1_disagreement", metric("train/top1_disagreement")),
         Panel("divergence", metric("train/divergence_correct", "train/divergence_incorrect")),
         Panel("accuracy", metric("rollout/accuracy")),
+        Panel("share of rollouts", metric("rollout/loop_rate", "rollout/truncated")),
         Panel("probe_nll", metric("exposure/probe_nll")),
         Panel("grounding_score", metric("exposure/grounding_score")),
-    ])
+    ]
 
 
 def make_report(run_dir: str | Path) -> list[Path]:

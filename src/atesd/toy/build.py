@@ -124,15 +124,6 @@ def _built_on() -> dict:
             "date": time.strftime("%Y-%m-%d")}
 
 
-def _remove_stale_staging(target: Path) -> None:
-    """Staging folders of builds that were killed (their process is gone) are removed."""
-    for stale in target.parent.glob(f".{target.name}.building-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        alive = pid.isdigit() and Path(f"/proc/{pid}").exists() and int(pid) != os.getpid()
-        if not alive:
-            shutil.rmtree(stale, ignore_errors=True)
-
-
 def _toy_splits(cfg: ToyWorldConfig) -> dict[str, list[Problem]]:
     """Toy splits with equal shares per level. Level 1 has only ~1,200 distinct problems, so the
     held-out splits are drawn first and the train split skips their problem texts."""
@@ -232,8 +223,7 @@ def build_toy_world(cfg: ToyWorldConfig | str | None = None, *, out: str | os.Pa
         raise FileExistsError(f"{target} exists and is not a toy world; choose another out or pass force=True")
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(target)
-    staging = atomic.staging_dir(target, "building")
+    staging = atomic.staging_dir(target, "building")  # also removes a killed build's staging folder
     try:
         facts = _build_into(staging, cfg, progress)
         record = {"key": key, "version": BUILD_VERSION, "config": asdict(cfg), **facts, "built_on": _built_on()}
