@@ -35,7 +35,7 @@ def quick_bench(tiny_model_dir, data_dir, tmp_path_factory):
 def test_method_table_has_every_method_once():
     names = [m.name for m in METHODS]
     assert names == ["base", "sft", "grpo", "opsd", "fixed-0", "fixed-0.25", "fixed-0.5", "fixed-0.75", "random",
-                     "schedule", "schedule-down", "by-difficulty-easy-full", "by-difficulty-hard-full", "atesd", "atesd-per-example", "atesd-paper", "atesd-discounted",
+                     "schedule", "schedule-down", "by-difficulty-easy-full", "by-difficulty-hard-full", "atesd", "atesd-per-example", "atesd-fast", "atesd-paper", "atesd-discounted",
                      "atesd-one-step", "atesd-no-gt"]
     assert [m.name for m in METHODS if not m.trains] == ["base"]
 
@@ -56,7 +56,7 @@ def test_every_method_config_loads_with_the_same_rollout_budget(tmp_path, tiny_m
             assert (cfg.exposure.reward, cfg.exposure.granularity) == ("counterfactual", "global")
         if method.name == "atesd-per-example":
             assert (cfg.exposure.reward, cfg.exposure.granularity) == ("counterfactual", "per_example")
-        if method.name.startswith("atesd-") and method.name != "atesd-per-example":  # the paper's controller
+        if method.name.startswith("atesd-") and method.name not in ("atesd-per-example", "atesd-fast"):  # the paper's
             assert cfg.exposure.hold_steps == 4 and cfg.exposure.decisions_per_update == 4
         if method.name == "atesd-paper":
             assert (cfg.exposure.reward, cfg.exposure.progress_signal, cfg.exposure.lookahead_steps) == (
@@ -102,6 +102,9 @@ def test_quick_bench_writes_results_report_and_plots(quick_bench):
         assert result["test"]["n_problems"] == QUICK_BUDGET.test.n_problems
         if method == "base":
             assert result["chosen_step"] == 0 and result["rollout_tokens_total"] == 0
+            assert result["test_last_step"] is None
+        else:  # the last step's model, evaluated under the same protocol
+            assert result["test_last_step"]["n_problems"] == QUICK_BUDGET.test.n_problems
         else:  # the checkpoint comes from validation, and the tokens are counted up to it
             assert 1 <= result["chosen_step"] <= QUICK_BUDGET.steps
             assert (out / "0" / method / "best" / "validation.json").is_file()

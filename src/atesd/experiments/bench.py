@@ -89,6 +89,7 @@ METHODS: tuple[Method, ...] = (
                                                         "exposure.difficulty_ratios=[0.5,0.5,0.5,1,1]")),
     Method("atesd", "toy-atesd.yaml"),  # paired counterfactual credit, one global α per step
     Method("atesd-per-example", "toy-atesd.yaml", ("exposure.granularity=per_example",)),
+    Method("atesd-fast", "toy-atesd.yaml", ("exposure.policy_lr=1e-2",)),  # the same, 3× the controller's rate
     Method("atesd-paper", "toy-atesd-paper.yaml"),  # the paper's controller as published
     Method("atesd-discounted", "toy-atesd-paper.yaml",  # the paper's reward with our fixes
            ("exposure.progress_signal=probe_nll", "exposure.lookahead_steps=4", "exposure.grounding_scale=zscore",
@@ -249,16 +250,28 @@ def run_one(method: Method, seed: int, budget: BenchBudget, run_dir: Path, model
                   "val_curve": [{"step": 0, "tokens": 0, "val_accuracy": val_best}], "reveal_ratios": []}
     train_seconds = time.perf_counter() - started
     report = evaluate_under(budget.test, chosen_dir, test, cfg.prompts)
+    last = last_step_test(method, budget, run_dir, chosen_step, report.to_dict(), test, cfg.prompts)
     result = {
         "method": method.name, "seed": seed, "config": method.config, "overrides": list(method.overrides),
         "objective": cfg.loss.objective, "exposure_policy": cfg.exposure.policy,
         "prompts_per_step": cfg.prompts_per_step, "num_generations": cfg.rollout.num_generations,
         "chosen_step": chosen_step, "val_best": val_best, **record,
-        "test": report.to_dict(), "train_seconds": round(train_seconds, 1),
+        "test": report.to_dict(), "test_last_step": last, "train_seconds": round(train_seconds, 1),
         "eval_seconds": round(time.perf_counter() - started - train_seconds, 1),
     }
     atomic.write_json(run_dir / RESULT_FILE, result)
     return result
+
+
+def last_step_test(method: Method, budget: BenchBudget, run_dir: Path, chosen_step: int, chosen_test: dict, test,
+                   prompts) -> dict | None:
+    """The test evaluation of the last step's model (`final/`), for telling a method apart from the
+    noise of choosing its checkpoint on validation: the chosen checkpoint's own when it is the last."""
+    if not method.trains:
+        return None
+    if chosen_step == budget.steps:
+        return chosen_test
+    return evaluate_under(budget.test, run_dir / "final", test, prompts).to_dict()
 
 
 def machine_info() -> dict:

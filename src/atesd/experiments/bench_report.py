@@ -66,17 +66,23 @@ def _difficulties(results: Sequence[dict]) -> list[str]:
     return sorted(keys, key=lambda k: (order(k), k))
 
 
-def paired_vs_reference(groups: dict[str, list[dict]], name: str,
-                        reference_name: str = REFERENCE) -> tuple[float, float, int] | None:
+def _test(run: dict, key: str) -> dict:
+    """A run's test evaluation: "test" (the checkpoint chosen on validation) or "test_last_step"
+    (the last step's; the base, which does not train, and older results fall back to "test")."""
+    return run.get(key) or run["test"]
+
+
+def paired_vs_reference(groups: dict[str, list[dict]], name: str, reference_name: str = REFERENCE,
+                        key: str = "test") -> tuple[float, float, int] | None:
     """(mean, SE, pairs) of method − reference (OPSD, or the untrained base) over the pooled
-    (seed, problem) pairs (statistic 2)."""
+    (seed, problem) pairs (statistic 2), on the chosen checkpoints (key "test") or the last steps."""
     if reference_name not in groups or name == reference_name:
         return None
-    reference = {r["seed"]: r["test"]["per_problem_accuracy"] for r in groups[reference_name]}
+    reference = {r["seed"]: _test(r, key)["per_problem_accuracy"] for r in groups[reference_name]}
     before, after = {}, {}
     for run in groups[name]:
         if run["seed"] in reference:
-            for pid, accuracy in run["test"]["per_problem_accuracy"].items():
+            for pid, accuracy in _test(run, key)["per_problem_accuracy"].items():
                 before[f"{run['seed']}/{pid}"] = reference[run["seed"]][pid]
                 after[f"{run['seed']}/{pid}"] = accuracy
     if not before:
@@ -141,15 +147,20 @@ def markdown(groups: dict[str, list[dict]], meta: dict, plots: Sequence[str] = P
         f"{budget['test']['temperature']:g}, at most {budget['test']['max_new_tokens']} new tokens "
         f"(protocol {budget['test']['name']}).", "",
         f"### Test Average@{k} (mean ± std over seeds)", "",
-        f"| method | test Average@{k} (%) | chosen step | rollout tokens to chosen step | rollout tokens in total |",
-        "| --- | --- | --- | --- | --- |",
+        "The checkpoint chosen on validation is the bench's figure; the last step's model is shown beside it "
+        "to tell a method's effect apart from the noise of choosing among the validation points.", "",
+        f"| method | test Average@{k} (%), chosen on validation | chosen step | test Average@{k} (%), last step "
+        "| rollout tokens to chosen step | rollout tokens in total |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, runs in groups.items():
         acc = mean_std([r["test"]["average_at_k"] for r in runs])
+        last = mean_std([_test(r, "test_last_step")["average_at_k"] for r in runs])
         step = statistics.fmean(r["chosen_step"] for r in runs)
         chosen = statistics.fmean(r["rollout_tokens_to_chosen"] for r in runs)
         total = statistics.fmean(r["rollout_tokens_total"] for r in runs)
-        lines.append(f"| {name} | {_pct(acc[0])} ± {_pct(acc[1])} | {step:.1f} | {chosen:,.0f} | {total:,.0f} |")
+        lines.append(f"| {name} | {_pct(acc[0])} ± {_pct(acc[1])} | {step:.1f} | {_pct(last[0])} ± {_pct(last[1])} | "
+                     f"{chosen:,.0f} | {total:,.0f} |")
 
     levels = _difficulties([r for runs in groups.values() for r in runs])
     lines += ["", f"### Test Average@{k} by difficulty (%, mean ± std over seeds)", "",
@@ -169,14 +180,16 @@ def markdown(groups: dict[str, list[dict]], meta: dict, plots: Sequence[str] = P
         if reference not in groups:
             lines.append(f"{reference} is not in this bench.")
             continue
-        lines += [f"| method | Δ vs {short} | SE | (seed, problem) pairs | significant (abs Δ > 2·SE) |",
-                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| method | Δ vs {short} | SE | (seed, problem) pairs | significant (abs Δ > 2·SE) "
+                  f"| Δ vs {short}, last steps ± SE |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for name in groups:
             diff = paired_vs_reference(groups, name, reference)
             if diff is not None:
                 mean, se, n = diff
+                last_mean, last_se, _ = paired_vs_reference(groups, name, reference, "test_last_step")
                 lines.append(f"| {name} | {100 * mean:+.1f} | {100 * se:.1f} | {n} | "
-                             f"{'yes' if abs(mean) > 2 * se else 'no'} |")
+                             f"{'yes' if abs(mean) > 2 * se else 'no'} | {100 * last_mean:+.1f} ± {100 * last_se:.1f} |")
 
     lines += ["", "### Reveal ratio used (exposure policies)", "",
               "Mean α over all steps and over the last 100 steps of each run (the batch mean for per-example "

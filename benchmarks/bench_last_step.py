@@ -1,0 +1,54 @@
+"""Add the last step's test evaluation (`test_last_step`) to every result.json of a bench folder that
+lacks it (results written before `atesd bench` recorded it), then rewrite the bench report.
+
+    python benchmarks/bench_last_step.py runs/bench-toy
+
+The bench's figures stay those of the checkpoint chosen on validation; the last step's are the
+second column of the report (`atesd.experiments.bench_report`), to tell a method's effect apart
+from the noise of choosing among 4 validation points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from atesd import atomic
+from atesd.experiments.bench import METHODS, PLAN_FILE, RESULT_FILE, BenchBudget, Method, last_step_test, machine_info
+from atesd.experiments.bench_report import write_report
+from atesd.experiments.protocol import EvalProtocol
+from atesd.prompts import PromptConfig
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bench_dir")
+    args = parser.parse_args()
+    out = Path(args.bench_dir)
+    plan = json.loads((out / PLAN_FILE).read_text())
+    budget = BenchBudget(**{**plan["budget"], "test": EvalProtocol(**plan["budget"]["test"])})
+    test = budget.test.problems(plan["data_dir"])
+    results = []
+    for path in sorted(out.glob(f"*/*/{RESULT_FILE}")):
+        result = json.loads(path.read_text())
+        if "test_last_step" not in result:
+            method = Method(result["method"], result["config"], tuple(result["overrides"]),
+                            trains=result["method"] != "base")
+            result["test_last_step"] = last_step_test(method, budget, path.parent, result["chosen_step"],
+                                                      result["test"], test, PromptConfig())
+            atomic.write_json(path, result)
+            print(f"{path.parent}: last step {result['test_last_step'] and result['test_last_step']['average_at_k']}")
+        results.append(result)
+    order = {m.name: i for i, m in enumerate(METHODS)}
+    results.sort(key=lambda r: (order.get(r["method"], len(order)), r["seed"]))
+    meta = json.loads((out / "bench.json").read_text()) if (out / "bench.json").is_file() else {}
+    meta = {**{k: v for k, v in meta.items() if k != "results"}, **plan, "machine": meta.get("machine", machine_info()),
+            "methods": list(dict.fromkeys(r["method"] for r in results)),
+            "seeds": sorted({r["seed"] for r in results})}
+    for path in write_report(out, results, meta):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
