@@ -103,9 +103,8 @@ def test_quick_bench_writes_results_report_and_plots(quick_bench):
         if method == "base":
             assert result["chosen_step"] == 0 and result["rollout_tokens_total"] == 0
             assert result["test_last_step"] is None
-        else:  # the last step's model, evaluated under the same protocol
-            assert result["test_last_step"]["n_problems"] == QUICK_BUDGET.test.n_problems
         else:  # the checkpoint comes from validation, and the tokens are counted up to it
+            assert result["test_last_step"]["n_problems"] == QUICK_BUDGET.test.n_problems  # the last step's too
             assert 1 <= result["chosen_step"] <= QUICK_BUDGET.steps
             assert (out / "0" / method / "best" / "validation.json").is_file()
             assert [p["step"] for p in result["val_curve"]] == [1, 2]
