@@ -45,7 +45,7 @@ from bench_report import progress, publish, table, write_results  # noqa: E402
 
 IGNORED_METRICS = ("timing/", "train/tokens_per_s")  # wall-clock figures differ between any two runs
 STARTUP_KILL_SHARE = 0.25
-FULL = {"steps": 12, "kills": 20}
+FULL = {"steps": 32, "kills": 20}  # enough steps for 20 training kills to land (≥ 1 step each)
 QUICK = {"steps": 12, "kills": 3}
 EXPOSURE = ("exposure:\n  policy: learned\n  reward: counterfactual\n  hold_steps: 2\n  decisions_per_update: 2\n"
             "  probe_size: 4\n  credit_examples: 2\n  credit_refresh_steps: 3\n")

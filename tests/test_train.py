@@ -201,3 +201,33 @@ def test_two_processes_share_reveal_ratios_and_end_with_identical_weights(world,
     # and the two-process run is the same optimisation as one process with the whole batch
     single = train(load_config(_config(world, tmp_path / "single", steps=3, extra="exposure:\n  policy: random\n  hold_steps: 1\n")))
     assert r0["ratios"] == single.reveal_ratios
+
+
+def test_resume_inside_a_credit_refresh_block_reuses_the_saved_probe_direction(world, tmp_path, monkeypatch):
+    """The probe direction is recomputed every credit_refresh_steps steps and reused in between; a run
+    resumed inside such a block must reuse the saved one (found by benchmarks/kill_resume.py)."""
+    from atesd import run as run_module
+
+    extra = COUNTERFACTUAL.replace("hold_steps: 2", "hold_steps: 1").replace("credit_refresh_steps: 3",
+                                                                             "credit_refresh_steps: 4")
+    full = tmp_path / "full"
+    train(load_config(_config(world, full, steps=6, extra=extra)))
+
+    class Stop(Exception):
+        pass
+
+    real_after_step = run_module.TrainingRun.after_step
+
+    def stop_after_step_2(self, step, finite):
+        real_after_step(self, step, finite)
+        if step == 2:  # checkpoint step-000003 is written: resume at step 3, inside block 0-3
+            raise Stop
+
+    interrupted = tmp_path / "interrupted"
+    config = _config(world, interrupted, steps=6, extra=extra)
+    monkeypatch.setattr(run_module.TrainingRun, "after_step", stop_after_step_2)
+    with pytest.raises(Stop):
+        train(load_config(config))
+    monkeypatch.setattr(run_module.TrainingRun, "after_step", real_after_step)
+    train(load_config(config), resume=True)
+    assert (full / "exposure.jsonl").read_text() == (interrupted / "exposure.jsonl").read_text()

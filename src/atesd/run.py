@@ -169,6 +169,8 @@ class TrainingRun:
         self.exposure.load_state_dict(components["exposure"])
         if self.validator is not None:
             self.validator.load_state_dict(components["validation"])
+        if self.credit is not None:
+            self.credit.load_state_dict(components.get("credit", {}), self.accelerator.device)
         self.engine.sync_weights(self.unwrapped)
 
     def exposure_wants_credit(self, step: int) -> bool:
@@ -208,7 +210,8 @@ class TrainingRun:
         if (step + 1) % self.cfg.save_every == 0 or step + 1 == self.cfg.steps:
             components = {"step": step + 1, "bad_in_a_row": self.bad_in_a_row,
                           "teacher": self.teacher.state_dict(), "exposure": self.exposure.state_dict(),
-                          "validation": self.validator.state_dict() if self.validator is not None else {}}
+                          "validation": self.validator.state_dict() if self.validator is not None else {},
+                          "credit": self.credit.state_dict() if self.credit is not None else {}}
             self.dir.save(self.accelerator, step + 1, components, self.cfg.keep_checkpoints)
 
     def finish(self) -> None:

@@ -93,6 +93,16 @@ class ProbeCredit:
             self._cached = (block, self.direction(model, optimizer, seed=step))
         return self._cached[1]
 
+    def state_dict(self) -> dict:
+        """The cached direction (it was computed on an earlier step's weights: a resumed run must reuse
+        it, not recompute it on the weights it resumes from)."""
+        if self._cached is None:
+            return {}
+        return {"block": self._cached[0], "direction": [d.detach().cpu().clone() for d in self._cached[1]]}
+
+    def load_state_dict(self, state: dict, device=None) -> None:
+        self._cached = None if not state else (int(state["block"]), [d.to(device) for d in state["direction"]])
+
     def direction(self, model, optimizer, seed: int = 0) -> list[torch.Tensor]:
         """û = P∇Φ / ‖P∇Φ‖ over the trainable parameters (their .grad untouched)."""
         params = [p for p in model.parameters() if p.requires_grad]
