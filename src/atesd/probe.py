@@ -6,10 +6,11 @@ Only the learned exposure policy needs them (`ExposurePolicy.needs_probe_nll`,
 samples, the first half for the probe NLL, the second for g_t.
 
 - probe NLL: the student's mean NLL per token of the probe problems' reference solutions under the
-  student prompt (mean over problems of each problem's token mean), one no-grad forward.
+  student prompt (mean over problems of each problem's token mean), one no-grad forward; every
+  step when it is the reward's progress signal ℓ_t, else (a state feature only) every 4th step.
 - g_t (ATESD's teacher-grounded score): `atesd.scoring.grounding_scores` on the grounding problems
   at the step's reveal ratio, averaged over them.
-Both are measured every step, before the step's update (their cost: timing/probe_s).
+Both are measured before the step's update (their cost: timing/probe_s).
 """
 
 from __future__ import annotations
@@ -36,18 +37,19 @@ class ExposureProbe:
     """Measures the probe NLL and g_t on the held-out problems (see the module docstring)."""
 
     def __init__(self, probe: list, grounding: list, tokenizer, prompts, chunk_size: int,
-                 probe_nll: bool, grounding_score: bool):
-        self.tokenizer, self.prompts, self.chunk_size = tokenizer, prompts, chunk_size
+                 probe_nll: bool, grounding_score: bool, probe_every: int = 1):
+        self.tokenizer, self.prompts, self.chunk_size, self.probe_every = tokenizer, prompts, chunk_size, probe_every
         self.want_probe_nll, self.want_grounding = probe_nll, grounding_score
         self.probe, self.grounding = probe, grounding
         self.probe_prompts = [student_prompt(tokenizer, p.problem, prompts) for p in probe]
         self.probe_completions = [text_ids(tokenizer, reference_completion(p.solution, tokenizer)) for p in probe]
 
     @torch.no_grad()
-    def measure(self, model, teacher, reveal_ratio: float) -> dict:
-        """{"probe_nll": …, "grounding_score": …} (the wanted ones) on θ_t; every process calls it."""
+    def measure(self, model, teacher, reveal_ratio: float, step: int) -> dict:
+        """{"probe_nll": …, "grounding_score": …} (the wanted ones) on θ_t; every process calls it.
+        The probe NLL is measured on steps that are multiples of `probe_every`."""
         out = {}
-        if self.want_probe_nll:
+        if self.want_probe_nll and step % self.probe_every == 0:
             logprobs = completion_logprobs(model, self.probe_prompts, self.probe_completions,
                                            self.tokenizer.pad_token_id, len(self.probe), self.chunk_size)
             out["probe_nll"] = -float(torch.stack([lp.double().mean() for lp in logprobs]).mean())

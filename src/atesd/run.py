@@ -138,7 +138,7 @@ class TrainingRun:
         if exposure.needs_probe_nll or exposure.needs_grounding_score:
             problems, probe_set, grounding_set = hold_out_probe(problems, cfg.exposure.probe_size, cfg.seed)
             probe = ExposureProbe(probe_set, grounding_set, tokenizer, cfg.prompts, cfg.loss.chunk_size,
-                                  exposure.needs_probe_nll, exposure.needs_grounding_score)
+                                  exposure.needs_probe_nll, exposure.needs_grounding_score, exposure.probe_every)
             if exposure.needs_credit:
                 _check_credit_supported(cfg, accelerator)
                 credit = ProbeCredit(probe_set, tokenizer, cfg.prompts, cfg.loss, cfg.exposure.credit_step,

@@ -82,7 +82,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         with timer("loss"):
             loss_sum, stats = loss_and_backward(run, micro_batches, len(batch))
         with timer("probe"):
-            measured = run.probe.measure(run.unwrapped, run.teacher, reveal_ratio) if run.probe else {}
+            measured = run.probe.measure(run.unwrapped, run.teacher, reveal_ratio, step) if run.probe else {}
         credit = None
         if run.credit is not None and run.exposure_wants_credit(step):
             with timer("credit"):

@@ -89,11 +89,14 @@ class LearnedExposure:
 
     kind = "learned"
     needs_probe_nll = True  # a state feature, and ℓ_t by default
+    STATE_PROBE_EVERY = 4  # steps between probe NLL measurements when it is a state feature only
 
     def __init__(self, cfg: ExposureConfig, total_steps: int) -> None:
         self.cfg = cfg
         self.counterfactual = cfg.reward == "counterfactual"
         self.needs_credit = self.counterfactual
+        progress_from_probe = not self.counterfactual and cfg.progress_signal == "probe_nll"
+        self.probe_every = 1 if progress_from_probe else self.STATE_PROBE_EVERY
         self.needs_grounding_score = cfg.grounding_weight > 0.0 and not self.counterfactual
         if cfg.reward == "one_step":
             self._lookahead = 1

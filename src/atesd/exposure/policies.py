@@ -98,6 +98,7 @@ class _HeldRatioPolicy(GlobalDecisions):
     needs_grounding_score = False
     needs_probe_nll = False
     needs_credit = False
+    probe_every = 1
 
     def wants_credit(self, step: int) -> bool:
         return False
