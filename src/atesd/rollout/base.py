@@ -70,3 +70,8 @@ class RolloutEngine(Protocol):
     def sync_weights(self, model) -> None:
         """Make the engine sample from `model`'s current weights (after an optimizer step)."""
         ...
+
+    def sleep(self) -> None:
+        """Release what the engine holds between rollout phases (vLLM's sleep mode; the next
+        `generate` or `sync_weights` brings it back); a no-op where there is nothing to release."""
+        ...
