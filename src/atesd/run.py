@@ -223,4 +223,5 @@ class TrainingRun:
     def finish(self) -> None:
         self.save_model(Path(self.cfg.output_dir) / "final")
         self.accelerator.wait_for_everyone()
+        self.engine.close()  # before end_training: vLLM's shutdown tears down the process groups itself
         self.accelerator.end_training()

@@ -75,3 +75,7 @@ class RolloutEngine(Protocol):
         """Release what the engine holds between rollout phases (vLLM's sleep mode; the next
         `generate` or `sync_weights` brings it back); a no-op where there is nothing to release."""
         ...
+
+    def close(self) -> None:
+        """Release the engine for good (the training run calls it once, at the end)."""
+        ...

@@ -172,6 +172,9 @@ class HFRolloutEngine:
     def sleep(self) -> None:
         """Nothing to release: the HF backend samples from the training model itself."""
 
+    def close(self) -> None:
+        """Nothing to release."""
+
     def _warn_about_checkpoint_processors(self) -> None:
         config = getattr(self.model, "generation_config", None)
         set_fields = [f for f in _NONE_NEUTRAL_PROCESSORS if getattr(config, f, None) is not None]

@@ -344,7 +344,16 @@ class VLLMRolloutEngine:
         self._asleep = self._weights_awake = False
 
     def close(self) -> None:
-        """Release the engine and delete its start-up checkpoint directory; unusable afterwards."""
-        self.llm = None
+        """Shut the engine down and delete its start-up checkpoint directory; unusable afterwards.
+        The shutdown tears down vLLM's process groups and the default one (vLLM's
+        `cleanup_dist_env_and_memory`), so a training run closes the engine after its last
+        collective and before accelerate's `end_training` (which then finds no group to destroy;
+        the other order fails in vLLM's exit handler: its groups died with the default one)."""
+        if self.llm is not None:
+            client = getattr(self.llm.llm_engine, "engine_core", None)
+            if client is not None and hasattr(client, "shutdown"):
+                client.shutdown()
+            self.llm = None
         if self._checkpoint is not None:
             self._checkpoint.cleanup()
+            self._checkpoint = None
