@@ -38,6 +38,14 @@ def _add_eval(sub) -> None:
                    help="enable_thinking for the student prompt (default off)")
     p.add_argument("--dtype", default=None, help=f"float32, bfloat16 or float16 (default {d.dtype})")
     p.add_argument("--batch-size", type=int, default=None, help=f"samples per generation call (default {d.batch_size})")
+    p.add_argument("--backend", choices=["hf", "vllm"], default=None,
+                   help=f"sampler: transformers in this process, or vLLM engines (default {d.backend})")
+    p.add_argument("--data-parallel", type=int, default=None,
+                   help="vllm: engines, each on its own GPUs (default: every visible GPU group; 1 without GPUs)")
+    p.add_argument("--tensor-parallel", type=int, default=None, help=f"vllm: GPUs per engine (default {d.tensor_parallel})")
+    p.add_argument("--gpu-memory-utilization", type=float, default=None,
+                   help=f"vllm: fraction of each GPU an engine may take (default {d.gpu_memory_utilization})")
+    p.add_argument("--max-model-len", type=int, default=None, help="vllm: prompt + completion limit")
 
 
 def _run_eval(args) -> None:
@@ -47,7 +55,8 @@ def _run_eval(args) -> None:
     from atesd.evaluate import run_eval
 
     names = ("model", "data", "split", "k", "out_dir", "max_new_tokens", "temperature", "top_p", "top_k",
-             "seed", "limit", "thinking", "dtype", "batch_size")
+             "seed", "limit", "thinking", "dtype", "batch_size", "backend", "data_parallel", "tensor_parallel",
+             "gpu_memory_utilization", "max_model_len")
     flags = {name: getattr(args, name) for name in names if getattr(args, name) is not None}  # given flags only
     cfg = load_eval_config(args.config, flags)
     check_complete(cfg)

@@ -61,6 +61,11 @@ class EvalConfig:
     device: Optional[str] = None  # None: cuda when available, else cpu
     score_workers: Optional[int] = None  # answer-checking processes (None: default pool; 0: in-process)
     write_samples: bool = True  # also write samples.jsonl
+    backend: Literal["hf", "vllm"] = "hf"  # vllm: atesd.eval_vllm (the `vllm` extra)
+    data_parallel: Optional[int] = None  # vllm: engines (None: every visible GPU group; 1 without GPUs)
+    tensor_parallel: int = 1  # vllm: GPUs per engine
+    gpu_memory_utilization: float = 0.9  # vllm: fraction of each GPU an engine may take
+    max_model_len: Optional[int] = None  # vllm: prompt + completion limit (None: the model's)
 
     def __post_init__(self) -> None:
         """Range checks; each message names the key."""
@@ -73,6 +78,9 @@ class EvalConfig:
             (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (self.top_k >= 0, f"top_k must be >= 0 (0 disables it), got {self.top_k}"),
+            (self.tensor_parallel >= 1, f"tensor_parallel must be >= 1, got {self.tensor_parallel}"),
+            (self.data_parallel is None or self.data_parallel >= 1,
+             f"data_parallel must be >= 1 (or null: every visible GPU), got {self.data_parallel}"),
             (not set(self.columns) - set(_COLUMN_FIELDS),
              f"columns: unknown field(s) {sorted(set(self.columns) - set(_COLUMN_FIELDS))}; the fields are "
              f"{list(_COLUMN_FIELDS)}"),

@@ -295,7 +295,8 @@ def evaluate(
     """k completions per problem from `model` (student prompt), judged by atesd.answers.score_batch.
 
     engine: a rollout engine to sample with (default: the HF engine over `model`, batch_size prompts per call);
-    generation runs in chunks of batch_size samples (progress bar over samples).
+    generation runs in chunks of batch_size samples (progress bar over samples); an engine with
+    `generate_chunks` (`atesd.eval_vllm.DataParallelVLLM`) gets every chunk at once.
     score_workers: passed to score_batch (None: its default pool; 0: in-process).
     """
     if k < 1:
@@ -320,11 +321,17 @@ def evaluate(
 
         bar = tqdm(total=len(prompts), desc="eval", unit="sample")
     try:
-        for chunk, start in enumerate(range(0, len(prompts), batch_size)):
-            params = replace(sampling, seed=_chunk_seed(sampling.seed, chunk))
-            rollouts += engine.generate(prompts[start:start + batch_size], params)
+        chunks = [(prompts[start:start + batch_size], replace(sampling, seed=_chunk_seed(sampling.seed, chunk)))
+                  for chunk, start in enumerate(range(0, len(prompts), batch_size))]
+        if hasattr(engine, "generate_chunks"):  # several engines at once (atesd.eval_vllm)
+            rollouts = [r for chunk_rollouts in engine.generate_chunks(chunks) for r in chunk_rollouts]
             if bar is not None:
-                bar.update(len(prompts[start:start + batch_size]))
+                bar.update(len(prompts))
+        else:
+            for chunk_prompts, params in chunks:
+                rollouts += engine.generate(chunk_prompts, params)
+                if bar is not None:
+                    bar.update(len(chunk_prompts))
     finally:
         if bar is not None:
             bar.close()
@@ -350,19 +357,34 @@ def evaluate(
 def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalReport:
     """Load cfg's model (offline, safetensors, no remote code) and problems (the first `limit`),
     evaluate, and write eval.json, eval.md (and samples.jsonl) into `cfg.out_dir`. Returns the report.
-    `thinking` is the student's `enable_thinking`; `device` defaults to cuda when available."""
+    `thinking` is the student's `enable_thinking`; `device` defaults to cuda when available.
+    backend "vllm": vLLM engines serve the model directory (`atesd.eval_vllm`, data-parallel over the
+    visible GPUs, `tensor_parallel` GPUs each); the HF model is not loaded."""
+    from atesd.config import ModelConfig
     from atesd.data import load_problems
     from atesd.models import load_pretrained
 
     problems = load_problems(cfg.data, split=cfg.split, columns=cfg.columns or None)
     problems = problems[: cfg.limit] if cfg.limit is not None else problems
-    model, tokenizer = load_pretrained(cfg.model, cfg.dtype, cfg.device)
     sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                               top_k=cfg.top_k, seed=cfg.seed)
     meta = dict(model=str(cfg.model), data=str(cfg.data), split=cfg.split, limit=cfg.limit, thinking=cfg.thinking,
-                dtype=cfg.dtype, batch_size=cfg.batch_size, device=str(next(model.parameters()).device))
+                dtype=cfg.dtype, batch_size=cfg.batch_size)
+    model = engine = None
+    if cfg.backend == "vllm":
+        from atesd.eval_vllm import DataParallelVLLM
+        from atesd.models import load_tokenizer
+
+        tokenizer = load_tokenizer(ModelConfig(name_or_path=str(cfg.model)))
+        engine = DataParallelVLLM(str(cfg.model), cfg.tensor_parallel, cfg.data_parallel, dict(
+            dtype=cfg.dtype, seed=cfg.seed, gpu_memory_utilization=cfg.gpu_memory_utilization,
+            max_model_len=cfg.max_model_len))
+        meta.update(engine.layout())
+    else:
+        model, tokenizer = load_pretrained(cfg.model, cfg.dtype, cfg.device)
+        meta.update(backend="hf", device=str(next(model.parameters()).device))
     report = evaluate(model, tokenizer, problems, k=cfg.k, sampling=sampling,
                       prompt_cfg=PromptConfig(student_thinking=cfg.thinking), batch_size=cfg.batch_size,
-                      progress=progress, score_workers=cfg.score_workers, meta=meta)
+                      progress=progress, engine=engine, score_workers=cfg.score_workers, meta=meta)
     report.save(cfg.out_dir, samples=cfg.write_samples)
     return report
