@@ -116,6 +116,17 @@ def test_fsdp2_with_chunked_loss_probe_and_grounding_ends_with_the_ddp_weights(c
 
 
 @pytest.mark.slow
+def test_fsdp2_lora_ends_with_the_ddp_weights(config, ddp_lora, tmp_path):
+    # peft's generate runs the inner model, not FSDP's root (atesd.distributed.root_unsharded); the
+    # merged weights of final/ are gathered module by module (atesd.weights)
+    fsdp = launch(config, tmp_path / "fsdp2-lora", "fsdp2", LORA)
+    assert fsdp["sharded"]
+    assert fsdp["ratios"] == ddp_lora["ratios"]
+    assert_same_metrics(fsdp, ddp_lora)
+    assert_same_weights(fsdp, ddp_lora, atol=1e-6)
+
+
+@pytest.mark.slow
 def test_fsdp2_gradient_accumulation_4_equals_1(config, tmp_path):
     one = launch(config, tmp_path / "one", "fsdp2", PLAIN_STEP + ["steps=1"])
     four = launch(config, tmp_path / "four", "fsdp2", PLAIN_STEP + ["steps=1", "optim.grad_accum_steps=4"])

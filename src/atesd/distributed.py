@@ -178,6 +178,29 @@ def gathered_module(model, module, units: dict | None = None):
         unit.reshard()
 
 
+@contextlib.contextmanager
+def root_unsharded(model, pad_id: int = 0):
+    """FSDP2: the root unit's own parameters whole for the block (a no-op otherwise), for
+    generation. A peft model's `generate` runs the inner model's forward, which never passes the
+    sharded root's hooks: FSDP2 would initialise from the first unit that runs (and refuses a
+    grouped one, accelerate's tied embedding and head) and leave the root's own parameters sharded.
+    So the root runs one forward of a single token first (once), then is unsharded for the block."""
+    fsdp = _fsdp_module_type()
+    if fsdp is None or not isinstance(model, fsdp):
+        yield
+        return
+    if not getattr(model, "_atesd_root_initialised", False):
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            model(input_ids=torch.full((1, 1), pad_id, dtype=torch.long, device=device))
+        model._atesd_root_initialised = True
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()
+
+
 def architecture_name(model) -> str:
     """The model's class name as a checkpoint's `architectures` holds it (FSDP2 renames the class
     of a sharded module to FSDP<name>)."""

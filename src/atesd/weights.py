@@ -69,7 +69,7 @@ def checkpoint_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
     modules = dict(base.named_modules())
     names = [name for name, _ in base.named_parameters()]
     sharded = is_sharded(base)
-    with torch.no_grad(), _OneModuleAtATime(base) as whole:
+    with torch.no_grad(), _OneModuleAtATime(model) as whole:  # units from the outer (peft) model: it may be the FSDP root
         for name in names:
             parts = name.split(".")
             if _LORA_PARAMETER_PARTS.intersection(parts):
@@ -102,7 +102,7 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     modules = dict(base.named_modules())
     names = [name for name, p in base.named_parameters() if p.requires_grad]
     out = {}
-    with torch.no_grad(), _OneModuleAtATime(base) as whole:
+    with torch.no_grad(), _OneModuleAtATime(model) as whole:  # units from the outer (peft) model: it may be the FSDP root
         for name in names:
             parts = name.split(".")
             whole.gather(modules[".".join(parts[:-1])])

@@ -29,8 +29,11 @@ def force_sharded_state_on_cpu() -> str:
     if os.environ.get("ACCELERATE_USE_CPU", "false").lower() != "true" or not (fsdp or deepspeed):
         return "ddp"
     state = Accelerator(cpu=True).state  # the gloo group from torchrun's environment; shared with train's
+    mixed_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     if fsdp:
-        plugin = FullyShardedDataParallelPlugin()  # no mixed precision: the launch passes --mixed_precision no
+        plugin = FullyShardedDataParallelPlugin()
+        if mixed_precision != "no":
+            plugin.set_mixed_precision(mixed_precision)
         state.fsdp_plugin = plugin
         state.distributed_type = PartialState().distributed_type = DistributedType.FSDP
         return f"fsdp{plugin.fsdp_version}"
@@ -38,7 +41,7 @@ def force_sharded_state_on_cpu() -> str:
 
     ds.init_distributed(dist_backend="gloo")  # DeepSpeed's comm layer over the existing group
     plugin = DeepSpeedPlugin()
-    plugin.set_mixed_precision("no")
+    plugin.set_mixed_precision(mixed_precision)
     plugin.select(_from_accelerator_state=True)
     state.deepspeed_plugins = plugin
     state.distributed_type = PartialState().distributed_type = DistributedType.DEEPSPEED

@@ -24,8 +24,9 @@ Where we depart from a bare `model.generate` call:
    in every forward, a collective: `generate` runs with `synced_gpus=True` on several processes
    (ranks keep stepping until all have stopped; transformers turns it on by itself for ZeRO-3 but
    not for accelerate's FSDP2), under `no_grad` rather than `inference_mode` (FSDP's unsharded
-   parameters are reused by the training forward), and never through the lean decoder (it reads
-   the weights directly).
+   parameters are reused by the training forward), never through the lean decoder (it reads the
+   weights directly), and under FSDP2 with the root unit unsharded
+   (`atesd.distributed.root_unsharded`: peft's generate bypasses the root's forward).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Sequence
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from atesd.distributed import is_sharded
+from atesd.distributed import is_sharded, root_unsharded
 from atesd.rollout import lean
 from atesd.rollout.base import Rollout, SamplingParams
 
@@ -225,13 +226,14 @@ class HFRolloutEngine:
             return [self._rollout(p, t, lp) for p, t, lp in zip(prompts, tokens, logprobs)]
         input_ids, attention_mask = _left_pad(prompts, self.pad_id, device)
         recorder = _SampledTokenLogProbs(1.0 if params.greedy else params.temperature, input_ids.shape[1])
-        sequences = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            generation_config=self._generation_config(params),
-            logits_processor=LogitsProcessorList([recorder]),
-            synced_gpus=sharded and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1,
-        )
+        with root_unsharded(self.model, self.pad_id) if sharded else contextlib.nullcontext():
+            sequences = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=self._generation_config(params),
+                logits_processor=LogitsProcessorList([recorder]),
+                synced_gpus=sharded and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1,
+            )
         logprobs = recorder.finish(sequences).cpu()
         new_tokens = sequences[:, input_ids.shape[1]:].cpu()
         return [self._rollout(p, new_tokens[row].tolist(), logprobs[row].tolist()) for row, p in enumerate(prompts)]
