@@ -81,6 +81,30 @@ def launch(config, out: Path, launcher: str = "ddp", overrides=(), nan: str | No
     return record
 
 
+def launch_two_machines(config, out: Path) -> dict:
+    """configs/accelerate/multinode.yaml as 2 machines of 1 process on this host: two `accelerate
+    launch` commands differing only in --machine_rank, as on two nodes."""
+    out.mkdir(parents=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    port = str(_free_port())
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+         str(REPO / "configs" / "accelerate" / "multinode.yaml"), "--num_machines", "2", "--num_processes", "2",
+         "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", port,
+         "--mixed_precision", "no", str(REPO / "tests" / "scripts" / "dist_train.py"), str(config), str(out),
+         f"output_dir={out / 'run'}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        for rank in (0, 1)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, "\n".join(l for l in err.splitlines() if "Warning" not in l)[-6000:]
+    record = json.loads((out / "rank0.json").read_text())
+    record["final"] = {}
+    for file in sorted((out / "run" / "final").glob("*.safetensors")):
+        record["final"].update(load_file(file))
+    record["metrics"] = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    return record
+
+
 def assert_same_weights(a: dict, b: dict, atol: float) -> None:
     assert sorted(a["final"]) == sorted(b["final"])
     for name, value in b["final"].items():
@@ -169,6 +193,27 @@ def test_a_non_finite_loss_on_one_process_skips_the_step_everywhere(config, tmp_
     for run in (zero3, ddp):
         assert [m["train/skipped"] for m in run["metrics"]] == [False, True, False]
     assert_same_weights(zero3, ddp, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_the_multinode_config_launched_as_two_machines_ends_with_the_ddp_weights(config, ddp, tmp_path):
+    nodes = launch_two_machines(config, tmp_path / "nodes")
+    assert nodes["num_processes"] == 2 and nodes["ratios"] == ddp["ratios"]
+    assert_same_metrics(nodes, ddp)
+    assert_same_weights(nodes, ddp, atol=1e-6)
+
+
+def test_accelerate_configs_load_and_leave_clipping_and_accumulation_to_the_training_config():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    files = sorted((REPO / "configs" / "accelerate").glob("*.yaml"))
+    assert {f.stem for f in files} >= {"ddp", "fsdp2", "zero2", "zero3", "multinode", "single_gpu"}
+    for file in files:
+        loaded = load_config_from_file(str(file))
+        for key in ("gradient_clipping", "gradient_accumulation_steps"):
+            assert key not in (loaded.deepspeed_config or {}), (file.name, key)
+    nodes = load_config_from_file(str(REPO / "configs" / "accelerate" / "multinode.yaml"))
+    assert nodes.num_machines > 1 and nodes.num_processes % nodes.num_machines == 0
 
 
 def test_deepspeed_config_takes_clipping_and_accumulation_from_the_training_config():
