@@ -64,6 +64,9 @@ class DivergenceOutput:
     clip_fraction: Tensor
 
 
+_MM_OUT_DTYPE = [True]  # torch.mm(..., out_dtype=float32) works here (CUDA); set False on first failure
+
+
 @dataclass
 class _Head:
     """An lm_head: logits [R, V] = hidden [R, H] @ weight[V, H]^T + bias [V]; with `float32_logits`
@@ -82,20 +85,27 @@ class _Head:
         """[R, V] logits: in the weight's dtype, or float32 when `widens`."""
         if not self.widens:
             return hidden @ self.weight.T
-        if self.weight.is_cuda:
-            return torch.mm(hidden.to(self.weight.dtype), self.weight.T, out_dtype=torch.float32)
+        if self.weight.is_cuda and _MM_OUT_DTYPE[0]:
+            try:
+                return torch.mm(hidden.to(self.weight.dtype), self.weight.T, out_dtype=torch.float32)
+            except (RuntimeError, NotImplementedError, TypeError):  # a build without it: the copy below
+                _MM_OUT_DTYPE[0] = False
+        return hidden.to(torch.float32) @ self._float32_weight().T
+
+    def _float32_weight(self) -> Tensor:
         if self._weight32 is None:
             self._weight32 = self.weight.detach().float()
-        return hidden.float() @ self._weight32.T
+        return self._weight32
 
     def logits_grad_hidden(self, grad_logits: Tensor) -> Tensor:
         """∂/∂hidden [R, H] = grad_logits [R, V] @ weight, accumulated and returned in float32 (CUDA:
         the gradient rounded to the weight's dtype for the product; elsewhere the float32 copy)."""
-        if self.weight.is_cuda:
-            return torch.mm(grad_logits.to(self.weight.dtype), self.weight, out_dtype=torch.float32)
-        if self._weight32 is None:
-            self._weight32 = self.weight.detach().float()
-        return grad_logits @ self._weight32
+        if self.weight.is_cuda and _MM_OUT_DTYPE[0]:
+            try:
+                return torch.mm(grad_logits.to(self.weight.dtype), self.weight, out_dtype=torch.float32)
+            except (RuntimeError, NotImplementedError, TypeError):
+                _MM_OUT_DTYPE[0] = False
+        return grad_logits @ self._float32_weight()
 
     def logprobs(self, hidden: Tensor, temperature: float) -> Tensor:
         """`temperature_logprobs` of this head's logits [R, V], computed in place."""
