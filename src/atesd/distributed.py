@@ -24,20 +24,24 @@
      other. ZeRO-3: `fn` runs as the head module's forward, so ZeRO-3's module hooks gather the
      weight, release it, and gather it again for the backward (a `GatheredParameters` block would
      not do: the model's own forward releases the head inside it).
-   - `gathered(tensors)` / `full_tensor(t)`: no-grad full values, one group at a time (weight
-     sync to vLLM, saving, the EMA teacher). Every process must take part: these are collectives.
-3. `is_sharded(model)`: FSDP2 or ZeRO-3 parameters (the lean decoder and a teacher copy made by
+   - `gathered_module(model, module)`, `gathered(tensors)`, `full_tensor(t)`: no-grad whole
+     values, one module (FSDP2: one unit) at a time, for the weight sync to vLLM, saving
+     (`atesd.weights`) and the EMA teacher. Every process must take part: these are collectives.
+   - `root_unsharded(model)`: FSDP2 generation through peft's `generate`, which bypasses the root.
+3. `is_sharded(model)`: FSDP2 or ZeRO-3 (the lean decoder and a teacher copy made by
    `copy.deepcopy` need whole tensors; generation must keep ranks in step).
+
+Tested on 2 CPU processes (tests/test_distributed.py) against DDP, for FSDP2, ZeRO-2 and ZeRO-3
+through the shipped accelerate configs.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import torch
 from accelerate import Accelerator
-
 
 # ---------------------------------------------------------------- the accelerator
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+
 import torch
 
 from atesd.distributed import full_tensor, is_sharded

@@ -17,6 +17,7 @@ import os
 import sys
 
 from atesd.config import load_config
+from atesd.distributed import is_sharded
 from atesd.train import train
 
 
@@ -72,8 +73,6 @@ if os.environ.get("ATESD_TEST_NAN"):
 config, out, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
 result = train(load_config(config, overrides))
 rank = result.process_index
-from atesd.distributed import is_sharded  # noqa: E402
-
 sharded = is_sharded(result.model)
 record = {"ratios": result.reveal_ratios, "num_processes": result.num_processes, "kind": kind, "sharded": sharded,
           "head_type": type(result.model.get_output_embeddings().weight).__name__}
