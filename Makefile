@@ -60,7 +60,7 @@ $(VLLM_STAMP): pyproject.toml
 	touch $(VLLM_STAMP)
 
 test-vllm: $(VLLM_STAMP)
-	VLLM_CPU_KVCACHE_SPACE=2 $(VLLM_PY) -m pytest -m vllm tests/rollout/test_vllm.py
+	VLLM_CPU_KVCACHE_SPACE=2 $(VLLM_PY) -m pytest -m vllm tests/rollout/test_vllm.py tests/rollout/test_vllm_distributed.py tests/test_evaluate_vllm.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -15,6 +15,9 @@ the weight and their gradients hold is not the loss's own memory, everything els
 Values and gradients (w.r.t. hidden and weight) are compared in a smaller run with the same vocabulary
 and hidden size (default 640 tokens, so chunk 256 walks 3 chunks, the last one partial).
 
+The chunk size the library uses by default (`loss.chunk_size: null`, `auto_chunk_size` of the
+vocabulary within `loss.chunk_memory_mib`, 128 at this vocabulary) is always measured and marked.
+
     python benchmarks/divergence_memory.py            # full size (several minutes on 2 cores)
     python benchmarks/divergence_memory.py --quick    # tiny sizes, CI smoke
 """
@@ -174,6 +177,11 @@ def _in_subprocess(args: list[str]) -> dict:
 
 
 def run(sizes: dict, threads: int) -> dict:
+    from atesd.divergence_chunked import auto_chunk_size
+
+    default_chunk = auto_chunk_size(sizes["vocab"])
+    if default_chunk not in sizes["chunk_sizes"]:
+        sizes = {**sizes, "chunk_sizes": [*sizes["chunk_sizes"], default_chunk]}
     shape = ["--tokens", str(sizes["tokens"]), "--vocab", str(sizes["vocab"]),
              "--hidden", str(sizes["hidden"]), "--threads", str(threads)]
     variants = ["naive"] + [f"chunked-{c}" for c in sizes["chunk_sizes"]]
@@ -190,6 +198,7 @@ def run(sizes: dict, threads: int) -> dict:
     chunked = measured[1:]
     return {
         "benchmark": "divergence_memory", "sizes": sizes, "threads": threads, "variants": measured,
+        "default_chunk": default_chunk,
         "check": check, "goal_working_ratio": GOAL_RATIO,
         "goal_met_by": [m["variant"] for m in chunked if m["working_ratio_naive_over_this"] >= GOAL_RATIO],
         "values_equal": all(r["pass"] for r in check["rows"]),
@@ -211,10 +220,12 @@ def to_markdown(result: dict) -> str:
         "",
         table(["variant", "working MiB", "naive / this (working)", "peak RSS MiB", "forward s",
                "backward s", "total s", "time vs naive"],
-              [[m["variant"], round(m["working_mib"]), f"{m['working_ratio_naive_over_this']:.2f}×",
+              [[m["variant"] + (" (default)" if m["variant"] == f"chunked-{result['default_chunk']}" else ""),
+                round(m["working_mib"]), f"{m['working_ratio_naive_over_this']:.2f}×",
                 round(m["peak_mib"]), m["forward_s"], m["backward_s"], m["total_s"],
                 f"{m['time_ratio_this_over_naive']:.2f}×"] for m in result["variants"]]),
         "",
+        f"Default chunk size at this vocabulary (`loss.chunk_size: null`): {result['default_chunk']}. "
         f"Goal: chunked working memory ≥ {result['goal_working_ratio']:.0f}× lower than naive — "
         + (f"**met** by {', '.join(result['goal_met_by'])}; the working memory scales with the chunk "
            "size (about 5 [chunk, V] float32 buffers), so `loss.chunk_size` trades memory for fewer, "

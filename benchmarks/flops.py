@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_report import machine, progress, publish, table  # noqa: E402
+from bench_report import progress, publish, table  # noqa: E402
 from bench_world import toy_tokenizer  # noqa: E402
 
 FULL = {"presets": ["toy-1m", "toy-5m"], "batch": 8, "seq_len": 256, "matmul_n": 2048, "repeats": 5}

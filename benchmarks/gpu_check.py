@@ -1,5 +1,6 @@
-"""GPU check on one H100/H200 in under 8 minutes: bf16 numerics of the chunked divergence, a short
-ATESD run of a ~100M-parameter Qwen3-shaped model, and its throughput, MFU and peak memory.
+"""GPU check on one H100/H200 in about 12 minutes: bf16 numerics of the chunked divergence, a short
+ATESD run of a ~100M-parameter Qwen3-shaped model, its throughput, MFU and peak memory, and the scale
+path on one GPU (FSDP2 and ZeRO-3 runs, vLLM sleep mode, vLLM evaluation; gpu_check_scale.py).
 
     bash benchmarks/gpu_check.sh                       # the wrapper: venv, CUDA check, then this
     python benchmarks/gpu_check.py                     # full sizes, needs a CUDA device
@@ -10,10 +11,12 @@ ATESD run of a ~100M-parameter Qwen3-shaped model, and its throughput, MFU and p
     logits of the same bf16 values upcast, so only the arithmetic precision differs. Values,
     ∂/∂hidden and ∂/∂lm_head are compared as max relative error max|x − ref| / max|ref| (and
     ‖x − ref‖ / ‖ref‖). Two settings: plain forward KL, and OPSD's (point-wise clip 0.05,
-    temperature 1.1). Chunking itself must be exact, so the chunked bf16 result is also compared
-    with full bf16 logits (tolerance 1e-2). Against float32, values must be within 5e-2, and
-    gradients within 5e-2 without the clip; with the hard clip, bf16 logits move entries across the
-    threshold, whose gradient jumps to 0, so that gradient error is reported but does not fail.
+    temperature 1.1), and OPSD's with `float32_logits` (the loss's default with a clip). Chunking
+    itself must be exact, so the chunked bf16 result is also compared with full bf16 logits
+    (tolerance 1e-2). Against float32, values must be within 5e-2, and gradients within 5e-2
+    without the clip or with float32 logits; with the hard clip on bf16 logits, entries move across
+    the threshold, whose gradient jumps to 0, so that gradient error is reported but does not fail.
+    The time of float32 logits against bf16 logits is reported (after a warm-up call).
 (b) Training. `atesd.train.train` (what `atesd train` runs) with exposure.policy=learned for 5 steps
     on a random-weight Qwen3 (hidden 768, 12 layers, 12 heads, 4 KV heads, head_dim 64, MLP 3072:
     ~104M parameters; the toy tokenizer of atesd.toy.model) in bf16, full fine-tuning, gradient
@@ -30,6 +33,10 @@ ATESD run of a ~100M-parameter Qwen3-shaped model, and its throughput, MFU and p
     Prompt lengths are recomputed exactly from the run (the sampler's problems, the logged α).
     Peak memory: torch.cuda.max_memory_allocated during the run. Peak FLOP/s: H100 SXM and H200
     989e12, H100 PCIe 756e12, A100 312e12; others need --peak-tflops.
+
+(d–f) See benchmarks/gpu_check_scale.py: FSDP2 and ZeRO-3 training through the shipped accelerate
+    configs on one process, vLLM sleep mode's loss-phase memory, `atesd eval --backend vllm` against
+    the HF backend.
 
 Exit status 1 when a numerics check fails or a run raises; the report is printed as markdown and,
 with --json PATH, written as JSON.
@@ -55,12 +62,14 @@ FULL = {
     "model": {"hidden": 768, "layers": 12, "heads": 12, "kv_heads": 4, "head_dim": 64, "intermediate": 3072,
               "max_positions": 2048},
     "steps": 5, "prompts_per_step": 32, "max_new_tokens": 512, "probe_size": 8, "problems": 512,
+    "eval_problems": 64,
 }
 TINY = {
     "divergence": {"tokens": 64, "hidden": 32, "vocab": 512, "chunk": 16},
-    "model": {"hidden": 32, "layers": 2, "heads": 2, "kv_heads": 1, "head_dim": 16, "intermediate": 64,
+    "model": {"hidden": 32, "layers": 2, "heads": 2, "kv_heads": 1, "head_dim": 32, "intermediate": 64,
               "max_positions": 1024},
     "steps": 2, "prompts_per_step": 4, "max_new_tokens": 16, "probe_size": 2, "problems": 64,
+    "eval_problems": 4,
 }
 VALUE_TOL = 5e-2  # bf16 vs float32, values (and gradients without the clip)
 CHUNKING_TOL = 1e-2  # chunked bf16 vs full-logit bf16
@@ -104,13 +113,13 @@ def divergence_check(sizes: dict, device: str, seed: int = 0) -> list[dict]:
     weights = torch.full((n,), 1.0 / n, device=device)
     names = ("values", "grad hidden", "grad lm_head")
 
-    def run(dtype, chunked: bool, clip, temperature):
+    def run(dtype, chunked: bool, clip, temperature, float32_logits=False):
         s = student.to(dtype).clone().requires_grad_()
         w = head.to(dtype).clone().requires_grad_()
         t = teacher.to(dtype)
         if chunked:
             values = chunked_divergence(s, t, w, token_clip=clip, temperature=temperature, chunk_size=chunk,
-                                        token_weights=weights.to(dtype)).divergence
+                                        token_weights=weights.to(dtype), float32_logits=float32_logits).divergence
         else:
             values = token_divergence(s @ w.T, t @ w.detach().T, token_clip=clip, temperature=temperature)
         (values.float() * weights).sum().backward()
@@ -118,12 +127,15 @@ def divergence_check(sizes: dict, device: str, seed: int = 0) -> list[dict]:
 
     report = []
     torch.set_float32_matmul_precision("highest")  # a true float32 reference (no TF32)
-    for label, clip, temperature in (("forward KL", None, 1.0), ("OPSD: clip 0.05, T 1.1", 0.05, 1.1)):
+    run(torch.bfloat16, True, 0.05, 1.1, True)  # warm-up (kernels, allocator) before the timed runs
+    settings = (("forward KL", None, 1.0, False), ("OPSD: clip 0.05, T 1.1", 0.05, 1.1, False),
+                ("OPSD, float32 logits", 0.05, 1.1, True))
+    for label, clip, temperature, float32_logits in settings:
         if device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        bf16_chunked = run(torch.bfloat16, True, clip, temperature)
+        bf16_chunked = run(torch.bfloat16, True, clip, temperature, float32_logits)
         if device == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
@@ -132,14 +144,15 @@ def divergence_check(sizes: dict, device: str, seed: int = 0) -> list[dict]:
         bf16_full = run(torch.bfloat16, False, clip, temperature)
         vs_fp32 = _compare(names, bf16_chunked, reference)
         vs_full = _compare(names, bf16_chunked, bf16_full)
+        # float32 logits are meant to differ from bf16 ones (they follow float32): no chunking check there
         failures = [f"chunked vs full bf16 {c.name} {c.max_rel:.2e} > {CHUNKING_TOL}"
-                    for c in vs_full if c.max_rel > CHUNKING_TOL]
+                    for c in vs_full if c.max_rel > CHUNKING_TOL and not float32_logits]
         for c in vs_fp32:
-            gradient_with_clip = clip is not None and c.name != "values"
+            gradient_with_clip = clip is not None and c.name != "values" and not float32_logits
             if c.max_rel > VALUE_TOL and not gradient_with_clip:
                 failures.append(f"bf16 vs float32 {c.name} {c.max_rel:.2e} > {VALUE_TOL}")
         report.append({
-            "setting": label, "tokens": n, "hidden": h, "vocab": v, "chunk": chunk,
+            "setting": label, "tokens": n, "hidden": h, "vocab": v, "chunk": chunk, "float32_logits": float32_logits,
             "mean_divergence": float(reference[0].mean()),
             "vs_float32": [c.__dict__ for c in vs_fp32], "vs_full_bf16": [c.__dict__ for c in vs_full],
             "chunked_bf16_fwd_bwd_s": seconds, "chunked_bf16_peak_bytes": peak,
@@ -192,7 +205,7 @@ def step_token_counts(cfg, metrics: list[dict]) -> list[dict]:
     from atesd.models import load_tokenizer
     from atesd.prompts import student_prompt, teacher_prompt
     from atesd.reveal import reveal
-    from atesd.train import PromptSampler
+    from atesd.run import PromptSampler
 
     problems = load_problems(cfg.data.train)
     tokenizer = load_tokenizer(cfg.model)
@@ -228,15 +241,15 @@ def peak_flops(device_name: str, override_tflops: float | None) -> float | None:
 
 
 def train_run(backend: str, sizes: dict, model_dir: Path, train_file: Path, params: int, work: Path,
-              device: str, peak: float | None) -> dict:
+              device: str, peak: float | None, extra: tuple[str, ...] = (), name: str | None = None) -> dict:
     """(b)+(c) for one rollout backend: train, then throughput, MFU and peak memory."""
     import torch
 
     from atesd.config import load_config
     from atesd.train import train
 
-    out_dir = work / f"run-{backend}"
-    cfg = load_config(None, train_overrides(sizes, model_dir, train_file, out_dir, backend))
+    out_dir = work / f"run-{name or backend}"
+    cfg = load_config(None, train_overrides(sizes, model_dir, train_file, out_dir, backend) + list(extra))
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -253,8 +266,11 @@ def train_run(backend: str, sizes: dict, model_dir: Path, train_file: Path, para
     seconds = sum(m["timing/step_s"] for m, _ in timed)
     flops = sum(step_flops(params, c) for _, c in timed)
     processed = sum(c["student_prompt"] + c["teacher_prompt"] + 2 * c["completion"] for _, c in timed)
+    device_used = [m["memory/device_used_gib"] for m in metrics if "memory/device_used_gib" in m]
     return {
-        "backend": backend, "status": "ok", "steps": len(metrics), "timed_steps": len(timed), "wall_s": wall,
+        "backend": name or backend, "status": "ok", "steps": len(metrics), "timed_steps": len(timed), "wall_s": wall,
+        "run_dir": str(out_dir),
+        "loss_phase_device_gib": max(device_used) if device_used else None,
         "median_step_s": statistics.median(m["timing/step_s"] for m, _ in timed),
         "median_rollout_s": statistics.median(m["timing/sample_s"] for m, _ in timed),
         "completion_tokens_per_s": sum(c["completion"] for _, c in timed) / seconds,
@@ -275,6 +291,36 @@ def vllm_available() -> tuple[bool, str]:
     except Exception as error:  # ImportError, or a broken CUDA extension
         return False, f"`import vllm` failed: {type(error).__name__}: {error}"
     return True, ""
+
+
+def scale_checks(report: dict, sizes: dict, model_dir: Path, train_file: Path, params: int, work: Path,
+                 device: str, peak: float | None, cpu: bool) -> None:
+    """(d) sharded training, (e) vLLM sleep mode, (f) vLLM evaluation: benchmarks/gpu_check_scale.py."""
+    import importlib.util
+
+    import gpu_check_scale as scale
+
+    runs = {run["backend"]: run for run in report["training"] if run.get("status") == "ok"}
+    if "vllm" in runs:
+        try:
+            slept = train_run("vllm", sizes, model_dir, train_file, params, work, device, peak,
+                              extra=("rollout.vllm_sleep_mode=true",), name="vllm-sleep")
+            report["training"].append(slept)
+            report["sleep_mode"] = {"without": runs["vllm"]["loss_phase_device_gib"],
+                                    "with": slept["loss_phase_device_gib"]}
+        except Exception as error:
+            traceback.print_exc()
+            report["failures"].append(f"vllm run with sleep mode raised {error!r}")
+    overrides = train_overrides(sizes, model_dir, train_file, work / "unused", "hf")
+    report["sharded"], failures = scale.sharded_checks(overrides, work, cpu,
+                                                       importlib.util.find_spec("deepspeed") is not None)
+    report["failures"] += failures
+    if "hf" in runs:
+        report["evaluation"] = scale.eval_check(Path(runs["hf"]["run_dir"]) / "final", train_file, work,
+                                                sizes["eval_problems"], sizes["max_new_tokens"], "bfloat16")
+        for backend, item in report["evaluation"].items():
+            if isinstance(item, dict) and item.get("status") == "failed" and (backend == "hf" or "vllm" in runs):
+                report["failures"].append(f"{backend} evaluation raised {item['reason']}")
 
 
 # ---------------------------------------------------------------- report
@@ -301,6 +347,10 @@ def markdown(report: dict) -> str:
         lines.append(f"\n{item['setting']}: chunked bf16 fwd+bwd {item['chunked_bf16_fwd_bwd_s']:.3f} s, "
                      f"peak {_gib(item['chunked_bf16_peak_bytes'])} "
                      f"({item['tokens']} tokens × {item['vocab']} vocab)")
+    timed = {item["setting"]: item["chunked_bf16_fwd_bwd_s"] for item in report["divergence"]}
+    if "OPSD, float32 logits" in timed:
+        lines.append(f"\nfloat32 logits cost: {timed['OPSD, float32 logits'] / timed['OPSD: clip 0.05, T 1.1']:.2f}× "
+                     "the time of bf16 logits (OPSD setting, same chunk)")
     lines += ["", "## (b, c) ATESD training (exposure.policy=learned)", "",
               "| backend | status | steps | median step s | median rollout s | completion tok/s "
               "| processed tok/s | TFLOP/s | MFU | peak memory | losses |",
@@ -315,6 +365,9 @@ def markdown(report: dict) -> str:
                      f"| {run['median_rollout_s']:.2f} | {run['completion_tokens_per_s']:.0f} "
                      f"| {run['processed_tokens_per_s']:.0f} | {run['achieved_tflops']:.2f} | {mfu} "
                      f"| {_gib(run['peak_memory_bytes'])} | {losses} |")
+    import gpu_check_scale
+
+    lines += gpu_check_scale.markdown(report)
     lines += ["", "Failures: " + ("; ".join(report["failures"]) if report["failures"] else "none")]
     return "\n".join(lines) + "\n"
 
@@ -377,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             if not run["all_finite"]:
                 report["failures"].append(f"{backend} run had a non-finite loss")
             report["training"].append(run)
+        scale_checks(report, sizes, model_dir, train_file, params, work, device, peak, args.cpu)
     report["total_s"] = time.perf_counter() - started
 
     print(markdown(report))

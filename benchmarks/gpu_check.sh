@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# GPU check on one H100/H200 in under 8 minutes (see benchmarks/gpu_check.py for what it measures):
-# (a) chunked divergence in bf16 vs a float32 reference, (b) 5 ATESD steps of a ~100M-parameter
-# random Qwen3 (HF backend; vLLM when it imports), (c) tokens/s, MFU and peak memory.
+# GPU check on one H100/H200 in about 12 minutes (see benchmarks/gpu_check.py for what it measures):
+# (a) chunked divergence in bf16 vs a float32 reference (bf16 and float32 logits), (b) 5 ATESD steps
+# of a ~100M-parameter random Qwen3 (HF backend; vLLM when it imports), (c) tokens/s, MFU and peak
+# memory, (d) FSDP2 and ZeRO-3 runs through configs/accelerate/ on one GPU (ZeRO-3 needs the
+# deepspeed extra), (e) vLLM sleep mode's memory, (f) `atesd eval --backend vllm` vs the HF backend.
+# The vLLM parts need vLLM in $VENV (pip install -e '.[vllm]'); without it they are reported skipped.
 #
 #   bash benchmarks/gpu_check.sh [--json results.json] [--peak-tflops T]
 #   bash benchmarks/gpu_check.sh --cpu --tiny       # smoke test of the script itself, on CPU

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_report import machine, progress, publish, table  # noqa: E402
+from bench_report import progress, publish, table  # noqa: E402
 from bench_world import build_bench_world  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from atesd.data import Problem, write_problems
-from atesd.eval_config import EvalConfig
+from atesd.eval_config import EvalConfig, run_eval
 from atesd.evaluate import (
     EVAL_JSON,
     EVAL_MARKDOWN,
@@ -22,7 +22,6 @@ from atesd.evaluate import (
     majority_index,
     paired_difference,
     pass_at_k,
-    run_eval,
 )
 from atesd.rollout.base import SamplingParams
 

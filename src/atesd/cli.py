@@ -46,16 +46,25 @@ def _add_eval(sub) -> None:
                    help=f"a bad row stops the run (error) or is dropped with a warning (skip); default {d.on_bad_row}")
     p.add_argument("--max-prompt-tokens", type=int, default=None,
                    help="drop problems whose student prompt is longer, with a warning (default: no limit)")
+    p.add_argument("--backend", choices=["hf", "vllm"], default=None,
+                   help=f"sampler: transformers in this process, or vLLM engines (default {d.backend})")
+    p.add_argument("--data-parallel", type=int, default=None,
+                   help="vllm: engines, each on its own GPUs (default: every visible GPU group; 1 without GPUs)")
+    p.add_argument("--tensor-parallel", type=int, default=None, help=f"vllm: GPUs per engine (default {d.tensor_parallel})")
+    p.add_argument("--gpu-memory-utilization", type=float, default=None,
+                   help=f"vllm: fraction of each GPU an engine may take (default {d.gpu_memory_utilization})")
+    p.add_argument("--max-model-len", type=int, default=None, help="vllm: prompt + completion limit")
 
 
 def _run_eval(args) -> None:
     from dataclasses import replace
 
     from atesd.eval_config import check_complete, load_eval_config, parse_columns, prepare_eval_dir
-    from atesd.evaluate import run_eval
+    from atesd.eval_config import run_eval
 
     names = ("model", "data", "split", "k", "out_dir", "max_new_tokens", "temperature", "top_p", "top_k",
-             "seed", "limit", "thinking", "dtype", "batch_size", "on_bad_row", "max_prompt_tokens")
+             "seed", "limit", "thinking", "dtype", "batch_size", "on_bad_row", "max_prompt_tokens", "backend",
+             "data_parallel", "tensor_parallel", "gpu_memory_utilization", "max_model_len")
     flags = {name: getattr(args, name) for name in names if getattr(args, name) is not None}  # given flags only
     if args.columns is not None:
         flags["columns"] = parse_columns(args.columns)

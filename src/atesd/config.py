@@ -109,7 +109,9 @@ class RolloutConfig:
     hf_decoder: Literal["lean", "generate"] = "lean"  # HF backend: atesd.rollout.lean for plain Qwen3, or generate
     vllm_gpu_memory_utilization: float = 0.3  # vLLM backend: GPU memory fraction for its KV cache
     vllm_enforce_eager: bool = False  # vLLM backend: skip CUDA graphs (slower, less memory)
-    vllm_sleep_mode: bool = False  # vLLM backend: free its memory between rollout phases (GPU only)
+    # vLLM backend: sleep (level 2) after each rollout phase, freeing its weights and KV cache for the
+    # loss; the next weight sync and generate wake them (GPU only; memory/device_used_gib shows it)
+    vllm_sleep_mode: bool = False
 
     def __post_init__(self) -> None:
         check_choices(self, "rollout")
@@ -128,7 +130,14 @@ class LossConfig:
     token_clip: Optional[float] = None  # τ_clip: cap on each vocabulary entry's term (OPSD: 0.05)
     temperature: float = 1.0  # both logits divided by it before the softmax (OPSD: 1.1)
     top_k: Optional[int] = None  # restrict to the teacher's top-k support plus a tail bucket
-    chunk_size: int = 1024  # tokens per chunk of the memory-efficient divergence
+    # Tokens per chunk of the memory-efficient divergence and log-probs; null: the largest power of
+    # two up to 1024 whose ~5 float32 [chunk, V] buffers fit in chunk_memory_mib (128 at Qwen3's
+    # 151,936 vocabulary, 12x below full logits at 2048 tokens: BENCHMARKS.md; 1024 for the toy world).
+    chunk_size: Optional[int] = None
+    chunk_memory_mib: int = 512  # the budget of the automatic chunk size
+    # Logits as float32 products of bf16/fp16 weights (atesd.divergence_chunked, "Logit precision");
+    # null: on when token_clip is set (bf16 logits move terms across the clip: 17-21% gradient error).
+    float32_logits: Optional[bool] = None
     skip_first_tokens: int = 0  # completion tokens excluded from the loss at the start
     grpo_kl_coef: float = 0.0  # GRPO: weight of the k3 KL to the initial policy (OPSD's baseline: 0)
     grpo_clip_eps: float = 0.2  # GRPO: importance-ratio clip ε
@@ -139,7 +148,9 @@ class LossConfig:
         _check(self.token_clip is None or self.token_clip > 0,
                "loss.token_clip must be positive (or null to disable the clip)")
         _check(self.temperature > 0, f"loss.temperature must be > 0, got {self.temperature}")
-        _check(self.chunk_size >= 1, f"loss.chunk_size must be >= 1, got {self.chunk_size}")
+        _check(self.chunk_size is None or self.chunk_size >= 1,
+               f"loss.chunk_size must be >= 1 (or null: automatic), got {self.chunk_size}")
+        _check(self.chunk_memory_mib >= 1, f"loss.chunk_memory_mib must be >= 1, got {self.chunk_memory_mib}")
 
 
 @dataclass

@@ -21,6 +21,14 @@ losses, written anew here for per-token outputs):
    loss weights (e.g. 1/(B·|ŷ_i|)) as `token_weights` to stay on the fast path.
 3. Double backward is not supported.
 
+Logit precision (`float32_logits`). By default the logits are computed in the weights' dtype and
+upcast, as a bf16 model computes them. A bf16 logit carries an absolute rounding error of up to
+|z|·2^-9 (≈0.03 for z ≈ 16), enough to move a vocabulary term of the point-wise clip across its
+threshold, where its gradient jumps to 0: with the clip, bf16 logits gave 17–21% gradient error
+against float32 (benchmarks/gpu_check.py). With `float32_logits=True` each chunk's logits are one
+float32 matrix product of the bf16 hidden states and weights (`torch.mm(..., out_dtype=float32)`
+on CUDA; a float32 copy of the weight, made once per pass, elsewhere), so only the inputs are bf16.
+
 Departs from the papers in nothing; see `divergence.py` for the divergence itself.
 """
 
@@ -56,16 +64,52 @@ class DivergenceOutput:
     clip_fraction: Tensor
 
 
-@dataclass(frozen=True)
+_MM_OUT_DTYPE = [True]  # torch.mm(..., out_dtype=float32) works here (CUDA); set False on first failure
+
+
+@dataclass
 class _Head:
-    """An lm_head: logits [R, V] = hidden [R, H] @ weight[V, H]^T + bias [V]."""
+    """An lm_head: logits [R, V] = hidden [R, H] @ weight[V, H]^T + bias [V]; with `float32_logits`
+    the product is taken in float32 from low-precision inputs (module docstring)."""
 
     weight: Tensor
     bias: Tensor | None
+    float32_logits: bool = False
+    _weight32: Tensor | None = None
+
+    @property
+    def widens(self) -> bool:
+        return self.float32_logits and compute_dtype(self.weight.dtype) != self.weight.dtype
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """[R, V] logits: in the weight's dtype, or float32 when `widens`."""
+        if not self.widens:
+            return hidden @ self.weight.T
+        if self.weight.is_cuda and _MM_OUT_DTYPE[0]:
+            try:
+                return torch.mm(hidden.to(self.weight.dtype), self.weight.T, out_dtype=torch.float32)
+            except (RuntimeError, NotImplementedError, TypeError):  # a build without it: the copy below
+                _MM_OUT_DTYPE[0] = False
+        return hidden.to(torch.float32) @ self._float32_weight().T
+
+    def _float32_weight(self) -> Tensor:
+        if self._weight32 is None:
+            self._weight32 = self.weight.detach().float()
+        return self._weight32
+
+    def logits_grad_hidden(self, grad_logits: Tensor) -> Tensor:
+        """∂/∂hidden [R, H] = grad_logits [R, V] @ weight, accumulated and returned in float32 (CUDA:
+        the gradient rounded to the weight's dtype for the product; elsewhere the float32 copy)."""
+        if self.weight.is_cuda and _MM_OUT_DTYPE[0]:
+            try:
+                return torch.mm(grad_logits.to(self.weight.dtype), self.weight, out_dtype=torch.float32)
+            except (RuntimeError, NotImplementedError, TypeError):
+                _MM_OUT_DTYPE[0] = False
+        return grad_logits @ self._float32_weight()
 
     def logprobs(self, hidden: Tensor, temperature: float) -> Tensor:
         """`temperature_logprobs` of this head's logits [R, V], computed in place."""
-        logits = hidden @ self.weight.T
+        logits = self.logits(hidden)
         if self.bias is not None:
             logits += self.bias
         logits = logits.to(compute_dtype(logits.dtype))
@@ -100,6 +144,7 @@ def chunked_divergence(
     teacher_lm_head_weight: Tensor | None = None,
     teacher_lm_head_bias: Tensor | None = None,
     token_weights: Tensor | None = None,
+    float32_logits: bool = False,
 ) -> DivergenceOutput:
     """D(p_T ‖ p_S) per token from hidden states, without [N, V] logits.
 
@@ -114,7 +159,8 @@ def chunked_divergence(
     chunk_size: tokens per chunk; the largest tensor alive is about chunk_size × V.
     token_weights: [N], optional speed hint: the weights the caller's loss puts on each
         token's divergence. Gradients are exact without it (module docstring, point 2).
-    Student logits are computed in the weights' dtype, the divergence in float32 or wider.
+    float32_logits: logits as float32 products of low-precision inputs (module docstring); without
+        it they are computed in the weights' dtype. The divergence is in float32 or wider.
     """
     spec = DivergenceSpec(kind=kind, jsd_beta=jsd_beta, token_clip=token_clip, temperature=temperature, top_k=top_k)
     tokens, hidden_size = student_hidden.shape if student_hidden.dim() == 2 else (-1, -1)
@@ -133,11 +179,11 @@ def chunked_divergence(
             raise ValueError(f"{name} must have shape [{tokens}], got {tuple(tensor.shape)}")
     if mask is not None and mask.dtype != torch.bool:
         raise ValueError(f"mask must be a bool tensor, got {mask.dtype}")
-    student_head = _Head(lm_head_weight, lm_head_bias)
+    student_head = _Head(lm_head_weight, lm_head_bias, float32_logits)
     teacher_weight = lm_head_weight if teacher_lm_head_weight is None else teacher_lm_head_weight
     teacher_bias = lm_head_bias if teacher_lm_head_bias is None else teacher_lm_head_bias
     teacher_head = _Head(teacher_weight.detach(),
-                         None if teacher_bias is None else teacher_bias.detach())
+                         None if teacher_bias is None else teacher_bias.detach(), float32_logits)
     if teacher_head.weight.shape != lm_head_weight.shape:
         raise ValueError(
             f"teacher_lm_head_weight must match lm_head_weight {tuple(lm_head_weight.shape)}, "
@@ -158,7 +204,7 @@ def chunked_divergence(
     if torch.is_grad_enabled() and any(t.requires_grad for t in trainable):
         values, *stats = _ChunkedDivergenceFunction.apply(
             student_rows, lm_head_weight, lm_head_bias, teacher_rows,
-            teacher_head, weight_rows, spec, chunk_size,
+            teacher_head, weight_rows, spec, chunk_size, float32_logits,
         )
     else:
         result = _chunk_pass(student_rows, student_head, teacher_rows, teacher_head, spec,
@@ -176,9 +222,9 @@ class _ChunkedDivergenceFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student_hidden, weight, bias, teacher_hidden, teacher_head, token_weights,
-                spec, chunk_size):
+                spec, chunk_size, float32_logits):
         needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
-        student_head = _Head(weight, bias)
+        student_head = _Head(weight, bias, float32_logits)
         row_weights = token_weights
         if row_weights is None:
             row_weights = student_hidden.new_ones(student_hidden.shape[0],
@@ -193,6 +239,7 @@ class _ChunkedDivergenceFunction(torch.autograd.Function):
         # the loss's largest buffer) and hands them to autograd, so it can run only once.
         ctx.precomputed = (result.grad_hidden, result.grad_weight, result.grad_bias)
         ctx.teacher_head, ctx.spec, ctx.chunk_size = teacher_head, spec, chunk_size
+        ctx.float32_logits = float32_logits
         ctx.mark_non_differentiable(*result.stats)
         return (result.values, *result.stats)
 
@@ -211,7 +258,7 @@ class _ChunkedDivergenceFunction(torch.autograd.Function):
             scale = _common_ratio(grad_values, row_weights)
             if scale is None:
                 redo = _chunk_pass(
-                    student_hidden, _Head(weight, bias), teacher_hidden, ctx.teacher_head,
+                    student_hidden, _Head(weight, bias, ctx.float32_logits), teacher_hidden, ctx.teacher_head,
                     ctx.spec, ctx.chunk_size, grad_row_weights=grad_values,
                     want_grad_weight=grad_weight is not None, want_grad_bias=grad_bias is not None,
                 )
@@ -221,7 +268,7 @@ class _ChunkedDivergenceFunction(torch.autograd.Function):
                 grad_bias = None if grad_bias is None else grad_bias.mul_(scale)
             grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
             grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None
 
 
 @torch.no_grad()
@@ -272,7 +319,10 @@ def _chunk_pass(
         if any_grad:
             grad_logits = row.grad_logits
             if grad_hidden is not None:
-                grad_hidden[start:end] = grad_logits.to(weight.dtype) @ weight
+                if student_head.widens:  # float32 logits: keep their gradient in float32 too
+                    grad_hidden[start:end] = student_head.logits_grad_hidden(grad_logits)
+                else:
+                    grad_hidden[start:end] = grad_logits.to(weight.dtype) @ weight
             weighted = grad_logits.mul_(grad_row_weights[start:end, None])
             if grad_weight is not None:
                 grad_weight.addmm_(weighted.T, hidden.to(dtype))
@@ -288,6 +338,16 @@ def _chunk_pass(
             clipped[start:end] = row.any_clipped.to(dtype)
         del row
     return _PassResult(values, stats, grad_hidden, grad_weight, grad_bias)
+
+
+def auto_chunk_size(vocab_size: int, memory_mib: int = 512, largest: int = 1024, smallest: int = 16) -> int:
+    """The largest power of two in [smallest, largest] whose working memory, about five float32
+    [chunk, V] buffers (BENCHMARKS.md: 389 MiB at chunk 128 × V 151,936), fits in `memory_mib`:
+    128 for Qwen3's vocabulary at the default 512 MiB, `largest` for small vocabularies."""
+    chunk = largest
+    while chunk > smallest and 5 * 4 * vocab_size * chunk > memory_mib * 2**20:
+        chunk //= 2
+    return chunk
 
 
 def _entropy(logprobs: Tensor) -> Tensor:

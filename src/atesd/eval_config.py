@@ -1,4 +1,4 @@
-"""Evaluation configs: one YAML file per benchmark for `atesd eval --config FILE [--model M]`.
+"""`atesd eval`: its config (one YAML file per benchmark, `--config FILE [--model M]`) and `run_eval`.
 
 An `EvalConfig` holds the arguments of `atesd.evaluate.run_eval` (same names, same defaults as the
 `atesd eval` flags) plus the data source: `data`, `split` and `columns` (our field → the source's
@@ -34,6 +34,7 @@ from omegaconf import OmegaConf
 
 from atesd import atomic
 from atesd.config import ConfigError, check_choices, merge_into, merge_yaml_file
+from atesd.evaluate import EvalReport, evaluate
 
 PROBLEMS_FILE = "problems.jsonl"
 CONFIG_FILE = "eval_config.yaml"
@@ -65,6 +66,11 @@ class EvalConfig:
     write_samples: bool = True  # also write samples.jsonl
     on_bad_row: Literal["error", "skip"] = "error"  # skip: drop bad rows with one warning naming them
     max_prompt_tokens: Optional[int] = None  # drop problems whose student prompt is longer; None: keep all
+    backend: Literal["hf", "vllm"] = "hf"  # vllm: atesd.eval_vllm (the `vllm` extra)
+    data_parallel: Optional[int] = None  # vllm: engines (None: every visible GPU group; 1 without GPUs)
+    tensor_parallel: int = 1  # vllm: GPUs per engine
+    gpu_memory_utilization: float = 0.9  # vllm: fraction of each GPU an engine may take
+    max_model_len: Optional[int] = None  # vllm: prompt + completion limit (None: the model's)
 
     def __post_init__(self) -> None:
         """Range checks; each message names the key."""
@@ -79,6 +85,9 @@ class EvalConfig:
             (self.top_k >= 0, f"top_k must be >= 0 (0 disables it), got {self.top_k}"),
             (self.max_prompt_tokens is None or self.max_prompt_tokens >= 1,
              f"max_prompt_tokens must be >= 1 (or null for no limit), got {self.max_prompt_tokens}"),
+            (self.tensor_parallel >= 1, f"tensor_parallel must be >= 1, got {self.tensor_parallel}"),
+            (self.data_parallel is None or self.data_parallel >= 1,
+             f"data_parallel must be >= 1 (or null: every visible GPU), got {self.data_parallel}"),
             (not set(self.columns) - set(_COLUMN_FIELDS),
              f"columns: unknown field(s) {sorted(set(self.columns) - set(_COLUMN_FIELDS))}; the fields are "
              f"{list(_COLUMN_FIELDS)}"),
@@ -164,3 +173,49 @@ def prepare_eval_dir(cfg: EvalConfig) -> Path:
 
 
 __all__ = ["EvalConfig", "load_eval_config", "parse_columns", "check_complete", "prepare_eval_dir"]
+
+
+def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalReport:
+    """Load cfg's problems (an evaluation-only set: a problem and an answer, a worked solution
+    optional; the first `limit`; bad rows per `on_bad_row`), the tokenizer (dropping problems whose
+    prompt is over `max_prompt_tokens`), then the model (offline, safetensors, no remote code);
+    evaluate, and write eval.json, eval.md (and samples.jsonl) into `cfg.out_dir`. Returns the
+    report. `thinking` is the student's `enable_thinking`; `device` defaults to cuda when available.
+    backend "vllm": vLLM engines serve the model directory (`atesd.eval_vllm`, data-parallel over the
+    visible GPUs, `tensor_parallel` GPUs each); the HF model is not loaded."""
+    from atesd.config import ModelConfig
+    from atesd.data import load_problems
+    from atesd.data_checks import drop_long_prompts
+    from atesd.models import load_pretrained, load_tokenizer
+    from atesd.prompts import PromptConfig
+    from atesd.rollout import SamplingParams
+
+    problems = load_problems(cfg.data, split=cfg.split, columns=cfg.columns or None, on_bad_row=cfg.on_bad_row,
+                             require_solution=False)  # evaluation uses the problem and the answer only
+    problems = problems[: cfg.limit] if cfg.limit is not None else problems
+    prompt_cfg = PromptConfig(student_thinking=cfg.thinking)
+    tokenizer = load_tokenizer(ModelConfig(name_or_path=str(cfg.model)))  # prompts are checked before the model loads
+    problems = drop_long_prompts(problems, tokenizer, prompt_cfg, cfg.max_prompt_tokens, str(cfg.data))
+    sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                              top_k=cfg.top_k, seed=cfg.seed)
+    meta = dict(model=str(cfg.model), data=str(cfg.data), split=cfg.split, limit=cfg.limit, thinking=cfg.thinking,
+                dtype=cfg.dtype, batch_size=cfg.batch_size, max_prompt_tokens=cfg.max_prompt_tokens)
+    model = engine = None
+    if cfg.backend == "vllm":
+        from atesd.eval_vllm import DataParallelVLLM
+
+        engine = DataParallelVLLM(str(cfg.model), cfg.tensor_parallel, cfg.data_parallel, dict(
+            dtype=cfg.dtype, seed=cfg.seed, gpu_memory_utilization=cfg.gpu_memory_utilization,
+            max_model_len=cfg.max_model_len))
+        meta.update(engine.layout())
+    else:
+        model, tokenizer = load_pretrained(cfg.model, cfg.dtype, cfg.device, tokenizer=tokenizer)
+        meta.update(backend="hf", device=str(next(model.parameters()).device))
+    report = evaluate(model, tokenizer, problems, k=cfg.k, sampling=sampling, prompt_cfg=prompt_cfg,
+                      batch_size=cfg.batch_size, progress=progress, engine=engine, score_workers=cfg.score_workers,
+                      meta=meta)
+    report.save(cfg.out_dir, samples=cfg.write_samples)
+    return report
+
+
+__all__ = ["EvalConfig", "load_eval_config", "check_complete", "prepare_eval_dir", "run_eval"]

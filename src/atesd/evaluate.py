@@ -31,7 +31,6 @@ from typing import Mapping, Sequence
 
 from atesd import atomic
 from atesd.answers import extract_boxed, score_batch
-from atesd.eval_config import EvalConfig
 from atesd.loops import ends_in_loop
 from atesd.prompts import PromptConfig, student_prompt
 from atesd.rollout import Rollout, RolloutEngine, SamplingParams, make_rollout_engine
@@ -190,8 +189,8 @@ class EvalReport:
         lo, hi = self.ci95
         k = self.k
         lines = [
-            f"| metric | value |",
-            f"| --- | --- |",
+            "| metric | value |",
+            "| --- | --- |",
             f"| problems | {self.n_problems} |",
             f"| Average@{k} | {100 * self.average_at_k:.2f}% (95% CI {100 * lo:.2f}–{100 * hi:.2f}) |",
             f"| pass@1 | {100 * self.pass_at_1:.2f}% |",
@@ -301,7 +300,8 @@ def evaluate(
     """k completions per problem from `model` (student prompt), judged by atesd.answers.score_batch.
 
     engine: a rollout engine to sample with (default: the HF engine over `model`, batch_size prompts per call);
-    generation runs in chunks of batch_size samples (progress bar over samples).
+    generation runs in chunks of batch_size samples (progress bar over samples); an engine with
+    `generate_chunks` (`atesd.eval_vllm.DataParallelVLLM`) gets every chunk at once.
     score_workers: passed to score_batch (None: its default pool; 0: in-process).
     """
     if k < 1:
@@ -326,11 +326,17 @@ def evaluate(
 
         bar = tqdm(total=len(prompts), desc="eval", unit="sample")
     try:
-        for chunk, start in enumerate(range(0, len(prompts), batch_size)):
-            params = replace(sampling, seed=_chunk_seed(sampling.seed, chunk))
-            rollouts += engine.generate(prompts[start:start + batch_size], params)
+        chunks = [(prompts[start:start + batch_size], replace(sampling, seed=_chunk_seed(sampling.seed, chunk)))
+                  for chunk, start in enumerate(range(0, len(prompts), batch_size))]
+        if hasattr(engine, "generate_chunks"):  # several engines at once (atesd.eval_vllm)
+            rollouts = [r for chunk_rollouts in engine.generate_chunks(chunks) for r in chunk_rollouts]
             if bar is not None:
-                bar.update(len(prompts[start:start + batch_size]))
+                bar.update(len(prompts))
+        else:
+            for chunk_prompts, params in chunks:
+                rollouts += engine.generate(chunk_prompts, params)
+                if bar is not None:
+                    bar.update(len(chunk_prompts))
     finally:
         if bar is not None:
             bar.close()
@@ -352,33 +358,3 @@ def evaluate(
         for index, (rollout, is_correct) in enumerate(zip(rollouts, correct))
     ]
     return aggregate(problems, records, k, sampling=asdict(sampling), meta=meta)
-
-
-def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalReport:
-    """Load cfg's problems (an evaluation-only set: a problem and an answer, a worked solution
-    optional; the first `limit`; bad rows per `on_bad_row`), the tokenizer (dropping
-    problems whose prompt is over `max_prompt_tokens`), then the model (offline, safetensors, no
-    remote code); evaluate, and write eval.json, eval.md (and samples.jsonl) into `cfg.out_dir`. Returns the report.
-    `thinking` is the student's `enable_thinking`; `device` defaults to cuda when available."""
-    from atesd.config import ModelConfig
-    from atesd.data import load_problems
-    from atesd.data_checks import drop_long_prompts
-    from atesd.models import load_pretrained, load_tokenizer
-
-    problems = load_problems(cfg.data, split=cfg.split, columns=cfg.columns or None, on_bad_row=cfg.on_bad_row,
-                             require_solution=False)  # evaluation uses the problem and the answer only
-    problems = problems[: cfg.limit] if cfg.limit is not None else problems
-    prompt_cfg = PromptConfig(student_thinking=cfg.thinking)
-    tokenizer = load_tokenizer(ModelConfig(name_or_path=str(cfg.model)))  # prompts are checked before the model loads
-    problems = drop_long_prompts(problems, tokenizer, prompt_cfg, cfg.max_prompt_tokens, str(cfg.data))
-    model, tokenizer = load_pretrained(cfg.model, cfg.dtype, cfg.device, tokenizer=tokenizer)
-    sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                              top_k=cfg.top_k, seed=cfg.seed)
-    meta = dict(model=str(cfg.model), data=str(cfg.data), split=cfg.split, limit=cfg.limit, thinking=cfg.thinking,
-                dtype=cfg.dtype, batch_size=cfg.batch_size, device=str(next(model.parameters()).device),
-                max_prompt_tokens=cfg.max_prompt_tokens)
-    report = evaluate(model, tokenizer, problems, k=cfg.k, sampling=sampling,
-                      prompt_cfg=prompt_cfg, batch_size=cfg.batch_size,
-                      progress=progress, score_workers=cfg.score_workers, meta=meta)
-    report.save(cfg.out_dir, samples=cfg.write_samples)
-    return report

@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from atesd import atomic
 from atesd.config import ModelConfig
+from atesd.distributed import is_sharded
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -87,11 +88,19 @@ def output_head(model) -> torch.nn.Module:
     return model.get_output_embeddings()
 
 
-def save_trained(model, tokenizer, directory: str | Path, extra_json: dict[str, dict] | None = None) -> Path:
+def save_trained(model, tokenizer, directory: str | Path, extra_json: dict[str, dict] | None = None,
+                 is_main: bool = True) -> Path:
     """The trained model as an ordinary Hugging Face directory, written atomically (a staging folder,
     then a rename), with `extra_json` files (name → content) inside. A LoRA run saves the adapter in
-    `adapter/` and the merged weights at the top, so `atesd eval` loads it like any model."""
+    `adapter/` and the merged weights at the top, so `atesd eval` loads it like any model.
+
+    Every process may call it and only `is_main` writes; a sharded model (FSDP2, ZeRO-3) is gathered
+    module by module (`atesd.weights`), so there every process must call it."""
     directory = Path(directory)
+    if is_sharded(model):
+        return _save_sharded(model, tokenizer, directory, extra_json, is_main)
+    if not is_main:
+        return directory
     staging = atomic.staging_dir(directory, "saving")
     try:
         if is_lora(model):
@@ -105,3 +114,22 @@ def save_trained(model, tokenizer, directory: str | Path, extra_json: dict[str, 
         return atomic.replace_dir(staging, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _save_sharded(model, tokenizer, directory: Path, extra_json, is_main: bool) -> Path:
+    from atesd.weights import trainable_state, write_checkpoint
+
+    staging = atomic.staging_dir(directory, "saving") if is_main else None
+    try:
+        adapter = trainable_state(model) if is_lora(model) else None
+        write_checkpoint(model, tokenizer, staging, write=is_main)
+        if not is_main:
+            return directory
+        if adapter is not None:
+            model.save_pretrained(staging / "adapter", state_dict=adapter, safe_serialization=True)
+        for name, payload in (extra_json or {}).items():
+            atomic.write_json(staging / name, payload)
+        return atomic.replace_dir(staging, directory)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)

@@ -7,7 +7,11 @@
 - `GroupRelative`: GRPO with the verified answer as reward, group-normalised advantages
   A_i = (r_i − mean_G r)/(std_G r + ε), optional k3 KL to the frozen initial policy (Shao et al. 2024).
 
-Every objective returns the loss summed over its micro-batch's rollouts, each rollout's token mean
+Every objective's `loss(policy, head, teacher, unwrapped, views, rollouts_per_process)` runs its
+model forwards, then everything that reads the output head's weight inside `head(fn, *inputs)`
+(`atesd.distributed.through_head` on the unwrapped model: under FSDP2 or ZeRO-3 the module's own
+weight is a shard, and `fn` gets the full one), and returns the loss summed over its micro-batch's
+rollouts, each rollout's token mean
 weighted by `1 / rollouts_per_process`, so the optimizer step does not depend on how the batch is
 split into micro-batches (the loop checks that invariant in its tests), and a `LossStats` of
 detached per-token tensors, from which the loop builds its metrics and the exposure controller's
@@ -20,13 +24,13 @@ student's log-probs recomputed in training, not the sampler's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
 from atesd.config import LossConfig
 from atesd.divergence import sampled_token_loss
-from atesd.divergence_chunked import chunked_divergence
+from atesd.divergence_chunked import DivergenceOutput, chunked_divergence
 from atesd.scoring import SequenceBatch, check_same_completions, completion_hidden, token_logprobs
 from atesd.teacher import Teacher
 
@@ -109,29 +113,41 @@ class Distill:
         mask = weights > 0
         student_hidden = completion_hidden(policy, views.student)
         teacher_hidden = teacher.hidden(unwrapped, views.teacher)
-        teacher_head = teacher.head_weight(unwrapped)
         if cfg.divergence == "sampled_token":
             ids = views.student.target_ids
-            student_lp = token_logprobs(student_hidden, head.weight, ids, cfg.temperature, cfg.chunk_size)
-            with torch.no_grad():
-                teacher_lp = token_logprobs(teacher_hidden, teacher_head, ids, cfg.temperature, cfg.chunk_size)
+
+            def sampled_logprobs(weight, student_hidden, teacher_hidden):
+                student_lp = token_logprobs(student_hidden, weight, ids, cfg.temperature, cfg.chunk_size)
+                with torch.no_grad():
+                    teacher_lp = token_logprobs(teacher_hidden, teacher.head_weight(unwrapped, weight), ids,
+                                                cfg.temperature, cfg.chunk_size)
+                return student_lp, teacher_lp
+
+            student_lp, teacher_lp = head(sampled_logprobs, student_hidden, teacher_hidden)
             loss = (sampled_token_loss(student_lp, teacher_lp, mask) * weights).sum()
             per_token = (student_lp.detach() - teacher_lp) * mask  # reverse-KL estimate, for metrics
             return loss, LossStats.of(per_token, mask, views.student)
-        out = chunked_divergence(
-            student_hidden,
-            teacher_hidden,
-            head.weight,
-            kind=cfg.divergence,
-            jsd_beta=cfg.jsd_beta,
-            token_clip=cfg.token_clip,
-            temperature=cfg.temperature,
-            top_k=cfg.top_k,
-            mask=mask,
-            chunk_size=cfg.chunk_size,
-            teacher_lm_head_weight=None if teacher_head is head.weight else teacher_head,
-            token_weights=weights,
-        )
+
+        def divergence(weight, student_hidden, teacher_hidden):
+            teacher_head = teacher.head_weight(unwrapped, weight)
+            out = chunked_divergence(
+                student_hidden,
+                teacher_hidden,
+                weight,
+                kind=cfg.divergence,
+                jsd_beta=cfg.jsd_beta,
+                token_clip=cfg.token_clip,
+                temperature=cfg.temperature,
+                top_k=cfg.top_k,
+                mask=mask,
+                chunk_size=cfg.chunk_size,
+                teacher_lm_head_weight=None if teacher_head is weight else teacher_head,
+                token_weights=weights,
+                float32_logits=float32_logits(cfg),
+            )
+            return tuple(getattr(out, f.name) for f in fields(out))
+
+        out = DivergenceOutput(*head(divergence, student_hidden, teacher_hidden))
         loss = (out.divergence * weights).sum()
         return loss, LossStats.of(out.divergence, mask, views.student, out)
 
@@ -148,7 +164,8 @@ class Supervised:
     def loss(self, policy, head, teacher, unwrapped, views: StepViews, rollouts_per_process: int):
         weights = per_rollout_weights(views.student, rollouts_per_process)
         hidden = completion_hidden(policy, views.student)
-        logp = token_logprobs(hidden, head.weight, views.student.target_ids, 1.0, self.cfg.chunk_size)
+        ids, chunk = views.student.target_ids, self.cfg.chunk_size
+        logp = head(lambda weight, hidden: token_logprobs(hidden, weight, ids, 1.0, chunk), hidden)
         nll = -logp
         loss = (nll * weights).sum()
         return loss, LossStats.of(nll, weights > 0, views.student)
@@ -171,20 +188,40 @@ class GroupRelative:
         advantages = ((rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True, unbiased=False) + 1e-4)).view(-1)
         weights = per_rollout_weights(batch, rollouts_per_process)
         hidden = completion_hidden(policy, batch)
-        logp = token_logprobs(hidden, head.weight, batch.target_ids, self.cfg.temperature, self.cfg.chunk_size)
+        reference = None
+        if self.kl_coef > 0:
+            with torch.no_grad():
+                reference = teacher.hidden(unwrapped, batch)
+        ids, temperature, chunk = batch.target_ids, self.cfg.temperature, self.cfg.chunk_size
+
+        def logprobs(weight, hidden, *reference_hidden):
+            logp = token_logprobs(hidden, weight, ids, temperature, chunk)
+            if not reference_hidden:
+                return logp
+            with torch.no_grad():
+                ref = token_logprobs(reference_hidden[0], teacher.head_weight(unwrapped, weight), ids, temperature, chunk)
+            return logp, ref
+
+        if reference is None:
+            logp = head(logprobs, hidden)
+        else:
+            logp, ref = head(logprobs, hidden, reference)
         importance_ratio = torch.exp(logp - logp.detach())
         adv = advantages[batch.token_rollout]
         surrogate = torch.minimum(importance_ratio * adv,
                                   importance_ratio.clamp(1 - self.clip_eps, 1 + self.clip_eps) * adv)
         per_token = -surrogate
-        if self.kl_coef > 0:
-            with torch.no_grad():
-                ref = token_logprobs(teacher.hidden(unwrapped, batch), teacher.head_weight(unwrapped),
-                                     batch.target_ids, self.cfg.temperature, self.cfg.chunk_size)
+        if reference is not None:
             delta = ref - logp
             per_token = per_token + self.kl_coef * (torch.exp(delta) - delta - 1)
         loss = (per_token * weights).sum()
         return loss, LossStats.of(per_token, weights > 0, batch)
+
+
+def float32_logits(cfg: LossConfig) -> bool:
+    """`loss.float32_logits`, with null meaning: on when a point-wise clip is set (it only changes
+    anything for bf16/fp16 weights; see `atesd.divergence_chunked`, "Logit precision")."""
+    return cfg.token_clip is not None if cfg.float32_logits is None else cfg.float32_logits
 
 
 def make_objective(cfg: LossConfig):

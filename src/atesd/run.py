@@ -1,19 +1,21 @@
 """A training run's components and plumbing: everything `atesd.train` sets up once.
 
-`TrainingRun.start(cfg, resume)` builds the accelerator, loads the training problems, then the
-tokenizer (and drops prompts over `data.max_prompt_tokens`), so that bad data stops a run before any
-model loads; then the policy, teacher, objective, exposure policy (and its held-out probe),
-optimizer, scheduler, rollout engine and validator, restores a checkpoint when resuming, and
-truncates the logs to it. The loop then
-calls `steps()`, `accumulation(last)`, `log(step, metrics)`, `after_step(step, finite)` and
-`finish()`: the cross-cutting concerns (progress bar, trackers, the non-finite-step guard,
-checkpoint contents and cadence, the final save) live here, one line each in the loop.
+`TrainingRun.start(cfg, resume)` builds the accelerator (`atesd.distributed.make_accelerator`:
+gradient accumulation, and DeepSpeed's clipping, through accelerate), loads the training problems,
+then the tokenizer (and drops prompts over `data.max_prompt_tokens`), so that bad data stops a run
+before any model loads; then the policy, teacher, objective, exposure policy (and its held-out
+probe), optimizer, scheduler, rollout engine and validator, restores a checkpoint when resuming,
+and truncates the logs to it. The loop then calls `steps()`, `log(step, metrics)`,
+`after_step(step, finite)` and `finish()`: the cross-cutting concerns (progress bar, trackers, the
+non-finite-step guard, checkpoint contents and cadence, the final save) live here, one line each in
+the loop. `head` is `atesd.distributed.through_head` bound to the unwrapped policy: how the
+objectives, whatever the sharding, read the output head's whole weight.
 """
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,8 +27,10 @@ from atesd.checkpoint import RunDir
 from atesd.config import TrainConfig, save_config
 from atesd.data import load_problems
 from atesd.data_checks import drop_long_prompts
+from atesd.distributed import make_accelerator, through_head
+from atesd.divergence_chunked import auto_chunk_size
 from atesd.exposure import ProbeCredit, make_exposure_policy
-from atesd.models import load_model, load_tokenizer, output_head, save_trained
+from atesd.models import load_model, load_tokenizer, save_trained
 from atesd.objectives import make_objective
 from atesd.optim import make_optimizer, make_scheduler
 from atesd.probe import ExposureProbe, hold_out_probe
@@ -53,12 +57,25 @@ class PromptSampler:
         return out[rank::world]
 
 
-def _engine_options(cfg: TrainConfig) -> dict:
+def _engine_options(cfg: TrainConfig, accelerator) -> dict:
     if cfg.rollout.backend == "vllm":
         r = cfg.rollout
-        return {"gpu_memory_utilization": r.vllm_gpu_memory_utilization, "enforce_eager": r.vllm_enforce_eager,
-                "enable_sleep_mode": r.vllm_sleep_mode, "seed": cfg.seed, "dtype": cfg.model.dtype}
+        options = {"gpu_memory_utilization": r.vllm_gpu_memory_utilization, "enforce_eager": r.vllm_enforce_eager,
+                   "enable_sleep_mode": r.vllm_sleep_mode, "seed": cfg.seed, "dtype": cfg.model.dtype}
+        if accelerator.num_processes > 1:  # one engine per process, in the launcher's process group
+            options["distributed_executor_backend"] = "external_launcher"
+        return options
     return {"batch_size": cfg.rollout.batch_size, "decoder": cfg.rollout.hf_decoder}
+
+
+def resolve_loss(cfg: TrainConfig, policy):
+    """cfg.loss with an automatic chunk size (`loss.chunk_size: null`) made concrete for the
+    policy's vocabulary (`atesd.divergence_chunked.auto_chunk_size`)."""
+    if cfg.loss.chunk_size is not None:
+        return cfg.loss
+    vocab = policy.get_output_embeddings().weight
+    vocab = getattr(vocab, "ds_shape", vocab.shape)[0]
+    return replace(cfg.loss, chunk_size=auto_chunk_size(vocab, cfg.loss.chunk_memory_mib))
 
 
 def _check_credit_supported(cfg: TrainConfig, accelerator) -> None:
@@ -85,7 +102,7 @@ class TrainingRun:
     tokenizer: object
     policy: torch.nn.Module  # as prepared by accelerate (wrapped under DDP/FSDP)
     unwrapped: torch.nn.Module
-    head: torch.nn.Module
+    head: object  # through_head(unwrapped, fn, *inputs): fn(the head's whole weight, *inputs)
     teacher: Teacher
     problems: list
     sampler: PromptSampler
@@ -112,7 +129,7 @@ class TrainingRun:
     @classmethod
     def start(cls, cfg: TrainConfig, resume: bool = False) -> TrainingRun:
         out = Path(cfg.output_dir)
-        accelerator = Accelerator(log_with=cfg.report_to or None, project_dir=str(out))
+        accelerator = make_accelerator(cfg, str(out))
         set_seed(cfg.seed)
         world = accelerator.num_processes
         per_process = cfg.prompts_per_step // world
@@ -132,25 +149,27 @@ class TrainingRun:
             save_config(cfg, out / "config.yaml")
         policy = load_model(cfg.model)
         teacher = Teacher(cfg.teacher.kind, policy, cfg.teacher.ema_decay)
-        objective = make_objective(cfg.loss)
+        loss_cfg = resolve_loss(cfg, policy)
+        objective = make_objective(loss_cfg)
         exposure = make_exposure_policy(cfg.exposure, total_steps=cfg.steps)
         probe = credit = None
         if exposure.needs_probe_nll or exposure.needs_grounding_score:
             problems, probe_set, grounding_set = hold_out_probe(problems, cfg.exposure.probe_size, cfg.seed)
-            probe = ExposureProbe(probe_set, grounding_set, tokenizer, cfg.prompts, cfg.loss.chunk_size,
+            probe = ExposureProbe(probe_set, grounding_set, tokenizer, cfg.prompts, loss_cfg.chunk_size,
                                   exposure.needs_probe_nll, exposure.needs_grounding_score, exposure.probe_every)
             if exposure.needs_credit:
                 _check_credit_supported(cfg, accelerator)
-                credit = ProbeCredit(probe_set, tokenizer, cfg.prompts, cfg.loss, cfg.exposure.credit_step,
+                credit = ProbeCredit(probe_set, tokenizer, cfg.prompts, loss_cfg, cfg.exposure.credit_step,
                                      refresh_every=cfg.exposure.credit_refresh_steps)
         optimizer = make_optimizer(policy, cfg.optim)
         scheduler = make_scheduler(optimizer, cfg.optim, cfg.steps)
         policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
         unwrapped = accelerator.unwrap_model(policy)
-        run = cls(cfg, accelerator, run_dir, tokenizer, policy, unwrapped, output_head(unwrapped), teacher, problems,
-                  PromptSampler(len(problems), cfg.prompts_per_step, cfg.seed), objective, exposure, probe, credit,
-                  optimizer, scheduler, make_rollout_engine(cfg.rollout.backend, unwrapped, tokenizer,
-                                                            **_engine_options(cfg)),
+        teacher.to(accelerator.device)
+        run = cls(cfg, accelerator, run_dir, tokenizer, policy, unwrapped, functools.partial(through_head, unwrapped),
+                  teacher, problems, PromptSampler(len(problems), cfg.prompts_per_step, cfg.seed), objective, exposure,
+                  probe, credit, optimizer, scheduler,
+                  make_rollout_engine(cfg.rollout.backend, unwrapped, tokenizer, **_engine_options(cfg, accelerator)),
                   Validator(cfg, tokenizer, out, validation_problems) if validation_problems is not None else None)
         if cfg.report_to:
             accelerator.init_trackers("atesd", config={"output_dir": str(out)})
@@ -186,12 +205,9 @@ class TrainingRun:
                         desc="train", disable=not (self.cfg.progress and self.accelerator.is_main_process))
         return self.bar
 
-    def accumulation(self, last: bool):
-        """Gradients of a micro-batch: synchronised across processes only on the last one."""
-        return contextlib.nullcontext() if last else self.accelerator.no_sync(self.policy)
-
     def save_model(self, directory: Path, extra_json: dict | None = None) -> None:
-        save_trained(self.unwrapped, self.tokenizer, directory, extra_json)
+        """Every process calls it (a sharded model is gathered); the main process writes."""
+        save_trained(self.unwrapped, self.tokenizer, directory, extra_json, is_main=self.accelerator.is_main_process)
 
     def log(self, step: int, metrics: dict) -> None:
         self.dir.append("metrics.jsonl", metrics)
@@ -215,7 +231,7 @@ class TrainingRun:
             self.dir.save(self.accelerator, step + 1, components, self.cfg.keep_checkpoints)
 
     def finish(self) -> None:
-        if self.accelerator.is_main_process:
-            self.save_model(Path(self.cfg.output_dir) / "final")
+        self.save_model(Path(self.cfg.output_dir) / "final")
         self.accelerator.wait_for_everyone()
+        self.engine.close()  # before end_training: vLLM's shutdown tears down the process groups itself
         self.accelerator.end_training()

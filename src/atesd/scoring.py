@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from atesd.distributed import through_head
 from atesd.divergence import compute_dtype
 from atesd.prompts import PromptConfig, reference_completion, teacher_view
 from atesd.reveal import withheld
@@ -130,13 +131,16 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor
 def completion_logprobs(model, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int,
                         batch_size: int = 16, chunk_size: int = 1024) -> list[torch.Tensor]:
     """log p(completion_n | prompt, completion_<n) under `model` (call under no_grad), one tensor
-    [len(completion)] per completion, `batch_size` sequences per forward."""
-    device, head = next(model.parameters()).device, model.get_output_embeddings()
+    [len(completion)] per completion, `batch_size` sequences per forward. The head's weight is
+    read through `atesd.distributed.through_head` (whole under FSDP2 and ZeRO-3 too)."""
+    device = next(model.parameters()).device
     out: list[torch.Tensor] = []
     for start in range(0, len(prompts), batch_size):
         rows = slice(start, start + batch_size)
         batch = build_sequences(prompts[rows], completions[rows], pad_id, device)
-        logprobs = token_logprobs(completion_hidden(model, batch), head.weight, batch.target_ids, 1.0, chunk_size)
+        ids = batch.target_ids
+        logprobs = through_head(model, lambda weight, hidden: token_logprobs(hidden, weight, ids, 1.0, chunk_size),
+                                completion_hidden(model, batch))
         out += list(logprobs.cpu().split(list(batch.completion_lengths)))
     return out
 

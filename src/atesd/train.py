@@ -9,13 +9,26 @@ timed and logged as `timing/<phase>_s`:
            per-example policies); after sampling, because α only shapes the teacher's view of
            the rollout, and per-example policies look at the rollout
   views    student = student prompt + ŷ; teacher = teacher prompt with ỹ*_α + the same ŷ
-  loss     the objective's per-token loss on completion positions, micro-batch by micro-batch
-  probe    the controller's probe NLL and grounding score g_t on θ_t (learned exposure only)
+  probe    the controller's probe NLL and grounding score g_t on θ_t (learned exposure only), before
+           the loss: under DeepSpeed the engine updates θ inside the last backward
+  loss     the objective's per-token loss on completion positions, micro-batch by micro-batch, each
+           under `accelerator.accumulate` (gradients synchronised on the last one only)
   credit   reward="counterfactual": the paired first-order probe credit of α and α′ on θ_t
   update   clip gradients, optimizer and scheduler step; EMA teacher; sync the rollout engine
   observe  the step's summary → the exposure policy (reward, controller update)
 then validation when due (`timing/validate_s`, outside `timing/step_s`), metrics.jsonl and
 exposure.jsonl, and an atomic checkpoint when due.
+
+A non-finite loss skips the step on every process. The loss of all micro-batches is checked, over
+all processes, before the last micro-batch's backward, because under DeepSpeed that backward is
+where the engine clips and steps (accelerate's `DeepSpeedEngineWrapper`). On a step to skip, under
+DeepSpeed the last micro-batch's loss is multiplied by NaN before its backward, so that every
+gradient is NaN and DeepSpeed's own overflow check (bf16 `check_grad_overflow`, on by default;
+fp16's loss scaler; the invalid gradient norm with clipping on) discards the accumulated gradients
+and skips the update and the scheduler; the loop then checks `accelerator.optimizer_step_was_skipped`
+and stops if the engine stepped anyway. Under DDP and FSDP2 the loop itself skips the optimizer and
+scheduler and zeroes the gradients. A step DeepSpeed skips for non-finite gradients of a finite
+loss is logged as skipped too.
 
 What is set up once (models, data, policy, optimizer, checkpoint restore) is in `atesd.run`.
 """
@@ -79,16 +92,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             ratios, counterfactual, reveal_ratio = decide(run, step, batch, completions, rollouts, correct)
         with timer("views"):
             micro_batches = build_views(run, batch, prompts, completions, correct, ratios)
-        with timer("loss"):
-            loss_sum, stats = loss_and_backward(run, micro_batches, len(batch))
-        with timer("probe"):
+        memory = device_memory(run.accelerator.device)  # after the rollout engine's sleep, before the loss
+        with timer("probe"):  # on θ_t, before the backward: DeepSpeed steps inside the last one
             measured = run.probe.measure(run.unwrapped, run.teacher, reveal_ratio, step) if run.probe else {}
         credit = None
         if run.credit is not None and run.exposure_wants_credit(step):
-            with timer("credit"):
+            with timer("credit"):  # on θ_t, likewise
                 credit = measure_credit(run, step, batch, prompts, completions, ratios, counterfactual)
+        with timer("loss"):
+            loss_sum, stats, finite = loss_and_backward(run, micro_batches, len(batch))
         with timer("update"):
-            finite, grad_norm = update(run, loss_sum)
+            finite, grad_norm = update(run, finite)
         with timer("observe"):
             summary = summarize_step(run.accelerator, loss_sum, stats, rollouts, correct, completions)
             if run.accelerator.is_main_process:
@@ -98,7 +112,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         metrics = {"step": step, **summary.metrics(), "exposure/reveal_ratio": reveal_ratio,
                    **{f"exposure/{k}": v for k, v in measured.items()}, "train/grad_norm": grad_norm,
                    "train/lr": run.scheduler.get_last_lr()[0], "train/skipped": not finite,
-                   **timer.seconds, "timing/step_s": time.perf_counter() - started}
+                   **timer.seconds, "timing/step_s": time.perf_counter() - started, **memory}
         metrics["train/tokens_per_s"] = metrics["rollout/tokens"] / metrics["timing/step_s"]
         if run.validator is not None and run.validator.due(step):
             with timer("validate"):
@@ -124,8 +138,19 @@ def sample(run: TrainingRun, step: int):
     r = cfg.rollout
     params = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, seed=step_seed(cfg.seed, step, run.rank))
     rollouts = run.engine.generate(prompts, params)
+    run.engine.sleep()  # vLLM sleep mode: free its memory for the loss (a no-op otherwise)
     correct = score_batch([x.text for x in rollouts], [p.answer for p in batch], workers=0)
     return batch, prompts, [list(x.completion_ids) for x in rollouts], rollouts, correct
+
+
+def device_memory(device) -> dict:
+    """On a GPU: `memory/device_used_gib` (the device's memory in use, every allocator included: with
+    vLLM sleep mode its engine has released its share) and torch's `memory/peak_allocated_gib`."""
+    if device.type != "cuda":
+        return {}
+    free, total = torch.cuda.mem_get_info(device)
+    return {"memory/device_used_gib": (total - free) / 2**30,
+            "memory/peak_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30}
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -167,17 +192,31 @@ def build_views(run: TrainingRun, batch, prompts, completions, correct, ratios: 
 
 
 def loss_and_backward(run: TrainingRun, micro_batches: list[StepViews], rollouts_per_process: int):
-    """Σ over micro-batches of the objective's loss (gradients accumulated, synchronised across
-    processes on the last micro-batch only) and each micro-batch's LossStats."""
-    loss_sum, stats = 0.0, []
+    """Σ over micro-batches of the objective's loss, gradients accumulated through
+    `accelerator.accumulate` (accelerate divides each backward by the accumulation steps; the
+    objectives already weight a micro-batch by its share of the process's rollouts, so the loop
+    hands it loss × steps), each micro-batch's LossStats, and whether the step's loss is finite on
+    every process (checked before the last backward; module docstring)."""
+    accelerator, steps = run.accelerator, len(micro_batches)
+    loss_sum, stats, finite = 0.0, [], True
     for index, views in enumerate(micro_batches):
-        with run.accumulation(last=index == len(micro_batches) - 1):
+        with accelerator.accumulate(run.policy):
             loss, micro_stats = run.objective.loss(run.policy, run.head, run.teacher, run.unwrapped, views,
                                                    rollouts_per_process)
-            run.accelerator.backward(loss)
-        loss_sum += loss.detach()
-        stats.append(micro_stats)
-    return loss_sum, stats
+            loss_sum += loss.detach()
+            stats.append(micro_stats)
+            if index == steps - 1:
+                finite = all_finite(accelerator, loss_sum)
+                if not finite and accelerator.distributed_type.name == "DEEPSPEED":
+                    loss = loss * float("nan")  # DeepSpeed's overflow check then skips the step
+            accelerator.backward(loss * steps if steps > 1 else loss)
+    return loss_sum, stats, finite
+
+
+def all_finite(accelerator, value) -> bool:
+    """Whether `value` is finite on every process: one max-reduction of the non-finite flag
+    (accelerate's `reduce` knows sum, mean and max; any other name, e.g. "min", is a sum)."""
+    return not bool(accelerator.reduce((~torch.isfinite(value)).float().reshape(1), "max").item())
 
 
 def measure_credit(run: TrainingRun, step: int, batch, prompts, completions, ratios, counterfactual) -> StepCredit:
@@ -196,15 +235,23 @@ def measure_credit(run: TrainingRun, step: int, batch, prompts, completions, rat
     return StepCredit(*(tuple(column) for column in zip(*everyone)))
 
 
-def update(run: TrainingRun, loss_sum) -> tuple[bool, float]:
-    """One optimizer step, unless the loss is non-finite on any process (then every process skips)."""
+def update(run: TrainingRun, finite: bool) -> tuple[bool, float]:
+    """One optimizer step when the loss was finite on every process (`loss_and_backward`); returns
+    whether the weights changed and the gradient norm before clipping (NaN on a skipped step)."""
     accelerator = run.accelerator
-    finite = bool(accelerator.reduce(torch.isfinite(loss_sum).float().reshape(1), "min").item())
+    deepspeed = accelerator.distributed_type.name == "DEEPSPEED"
     grad_norm = float("nan")
     if finite:
+        # under DeepSpeed the engine has clipped and stepped in the last backward: this reads its norm
         grad_norm = float(accelerator.clip_grad_norm_(run.policy.parameters(), run.cfg.optim.max_grad_norm))
         run.optimizer.step()
         run.scheduler.step()
+        if deepspeed and accelerator.optimizer_step_was_skipped:  # non-finite gradients of a finite loss
+            finite, grad_norm = False, float("nan")
+    elif deepspeed and not accelerator.optimizer_step_was_skipped:
+        raise FloatingPointError("the loss was not finite but DeepSpeed applied the update (is "
+                                 "bf16.check_grad_overflow off?); the weights are no longer valid")
+    if finite:
         run.teacher.after_optimizer_step(run.unwrapped)
         run.engine.sync_weights(run.unwrapped)
     run.optimizer.zero_grad(set_to_none=True)

@@ -8,11 +8,13 @@ takes part (sharded models need that) and none repeats another's work.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from accelerate.utils import gather_object
 
 from atesd.data import load_problems
+from atesd.distributed import is_sharded
 from atesd.evaluate import evaluate
 from atesd.rollout.base import SamplingParams
 
@@ -38,18 +40,21 @@ class Validator:
         sampling = SamplingParams(max_new_tokens=v.max_new_tokens or self.cfg.rollout.max_new_tokens,
                                   temperature=v.temperature, seed=self.cfg.seed)
         mine = self.problems[accelerator.process_index::accelerator.num_processes]
-        report = evaluate(model, self.tokenizer, mine, k=v.k, sampling=sampling, prompt_cfg=self.cfg.prompts,
-                          progress=False, score_workers=0)
-        per_problem = list(report.per_problem_accuracy.values())
+        padding = []
+        if is_sharded(model):  # equal generation calls on every process: sharded forwards are collectives
+            share = -(-len(self.problems) // accelerator.num_processes)
+            padding = [replace(self.problems[0], id=f"{self.problems[0].id}#pad{i}") for i in range(share - len(mine))]
+        report = evaluate(model, self.tokenizer, mine + padding, k=v.k, sampling=sampling,
+                          prompt_cfg=self.cfg.prompts, progress=False, score_workers=0)
+        per_problem = list(report.per_problem_accuracy.values())[:len(mine)]
         if accelerator.num_processes > 1:
             per_problem = gather_object(per_problem)
         accuracy = sum(per_problem) / max(1, len(per_problem))
         improved = accuracy > self.best
         if improved:
             self.best, self.best_step = accuracy, step + 1
-            if accelerator.is_main_process:
-                save_model(self.out / "best", {"validation.json": {
-                    "step": self.best_step, "average_at_k": accuracy, "k": v.k, "n_problems": len(per_problem)}})
+            save_model(self.out / "best", {"validation.json": {  # every process: a sharded model is gathered
+                "step": self.best_step, "average_at_k": accuracy, "k": v.k, "n_problems": len(per_problem)}})
         return {"eval/val_average_at_k": accuracy, "eval/val_best": self.best, "eval/val_improved": improved}
 
     def state_dict(self) -> dict:

@@ -70,3 +70,12 @@ class RolloutEngine(Protocol):
     def sync_weights(self, model) -> None:
         """Make the engine sample from `model`'s current weights (after an optimizer step)."""
         ...
+
+    def sleep(self) -> None:
+        """Release what the engine holds between rollout phases (vLLM's sleep mode; the next
+        `generate` or `sync_weights` brings it back); a no-op where there is nothing to release."""
+        ...
+
+    def close(self) -> None:
+        """Release the engine for good (the training run calls it once, at the end)."""
+        ...

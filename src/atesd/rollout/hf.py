@@ -20,6 +20,13 @@ Where we depart from a bare `model.generate` call:
 4. A plain `Qwen3ForCausalLM` (the toy models, full fine-tuning) is sampled by the lean decoder of
    `atesd.rollout.lean` (`decoder="lean"`, the default): the same distribution, several times
    faster on small models; other models, and `decoder="generate"`, use `generate`.
+5. A sharded policy (FSDP2, DeepSpeed ZeRO-3; `atesd.distributed.is_sharded`) gathers its layers
+   in every forward, a collective: `generate` runs with `synced_gpus=True` on several processes
+   (ranks keep stepping until all have stopped; transformers turns it on by itself for ZeRO-3 but
+   not for accelerate's FSDP2), under `no_grad` rather than `inference_mode` (FSDP's unsharded
+   parameters are reused by the training forward), never through the lean decoder (it reads the
+   weights directly), and under FSDP2 with the root unit unsharded
+   (`atesd.distributed.root_unsharded`: peft's generate bypasses the root's forward).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from typing import Sequence
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from atesd.distributed import is_sharded, root_unsharded
 from atesd.rollout import lean
 from atesd.rollout.base import Rollout, SamplingParams
 
@@ -162,6 +170,12 @@ class HFRolloutEngine:
         at once; this only stores the reference (e.g. when the caller swaps in another object)."""
         self.model = model
 
+    def sleep(self) -> None:
+        """Nothing to release: the HF backend samples from the training model itself."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
     def _warn_about_checkpoint_processors(self) -> None:
         config = getattr(self.model, "generation_config", None)
         set_fields = [f for f in _NONE_NEUTRAL_PROCESSORS if getattr(config, f, None) is not None]
@@ -199,24 +213,27 @@ class HFRolloutEngine:
                 stack.enter_context(torch.random.fork_rng(devices=devices))
                 torch.manual_seed(params.seed)
             stack.enter_context(_eval_mode(self.model))
-            stack.enter_context(torch.inference_mode())
+            stack.enter_context(torch.no_grad() if is_sharded(self.model) else torch.inference_mode())
             rollouts: list[Rollout] = []
             for start in range(0, len(prompts), self.batch_size):
                 rollouts.extend(self._generate_batch(prompts[start:start + self.batch_size], params, device))
         return rollouts
 
     def _generate_batch(self, prompts: Sequence[Sequence[int]], params: SamplingParams, device) -> list[Rollout]:
-        if self.decoder == "lean" and lean.supports(self.model):
+        sharded = is_sharded(self.model)
+        if self.decoder == "lean" and not sharded and lean.supports(self.model):
             tokens, logprobs = lean.LeanDecoder(self.model).sample(prompts, params, self.stop_ids, self.pad_id)
             return [self._rollout(p, t, lp) for p, t, lp in zip(prompts, tokens, logprobs)]
         input_ids, attention_mask = _left_pad(prompts, self.pad_id, device)
         recorder = _SampledTokenLogProbs(1.0 if params.greedy else params.temperature, input_ids.shape[1])
-        sequences = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            generation_config=self._generation_config(params),
-            logits_processor=LogitsProcessorList([recorder]),
-        )
+        with root_unsharded(self.model, self.pad_id) if sharded else contextlib.nullcontext():
+            sequences = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=self._generation_config(params),
+                logits_processor=LogitsProcessorList([recorder]),
+                synced_gpus=sharded and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1,
+            )
         logprobs = recorder.finish(sequences).cpu()
         new_tokens = sequences[:, input_ids.shape[1]:].cpu()
         return [self._rollout(p, new_tokens[row].tolist(), logprobs[row].tolist()) for row, p in enumerate(prompts)]

