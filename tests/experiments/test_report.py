@@ -199,3 +199,10 @@ def test_a_run_logging_only_loop_rate_and_truncation_still_gets_loss_kl(tmp_path
     _write_jsonl(tmp_path / "metrics.jsonl",
                  [{"step": s, "rollout/loop_rate": 0.5, "rollout/truncated": 1.0} for s in range(3)])
     assert [p.name for p in make_report(tmp_path)] == ["loss_kl.png"]
+
+
+def test_rolling_mean_averages_the_last_window_values():
+    from atesd.experiments.report import rolling_mean
+
+    assert rolling_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert rolling_mean([], 5) == []

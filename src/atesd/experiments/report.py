@@ -227,18 +227,36 @@ def _panel_figure(path: Path, panels: list[Panel]) -> Path | None:
     return save_figure(fig, path)
 
 
-def plot_reveal_ratio(logs: RunLogs, path: Path) -> Path | None:
+def rolling_mean(values: list[float], window: int) -> list[float]:
+    """Mean of the last `window` values at each position (fewer at the start)."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_reveal_ratio(logs: RunLogs, path: Path, window: int = 50) -> Path | None:
+    """α per step (faint), its rolling mean over `window` steps, the learned Beta's mean a/(a+b) at
+    each decision, and the decisions' α_raw / α (markers only when there are few: with a new draw
+    every step they would hide the trend)."""
     steps, ratios = _series(logs.metrics, "exposure/reveal_ratio")
     sampled = _series(logs.decisions, "raw_reveal_ratio", "decision_step")
     used = _series(logs.decisions, "reveal_ratio", "decision_step")
+    beta = _series(logs.decisions, "beta_mean", "decision_step")
     if not (steps or sampled[0] or used[0]):
         return None
     fig, (ax,) = _figure(1)
     if steps:  # a step line: α is held between decisions
-        ax.plot(steps, ratios, color="C0", drawstyle="steps-post", label="exposure/reveal_ratio")
-    if sampled[0]:
-        ax.scatter(*sampled, facecolors="none", edgecolors="C1", label="decision raw_reveal_ratio (α_raw)")
-    if used[0]:
+        ax.plot(steps, ratios, color="C0", alpha=0.35, lw=0.8, drawstyle="steps-post", label="exposure/reveal_ratio")
+        ax.plot(steps, rolling_mean(ratios, window), color="C0", lw=2.2, label=f"its mean over {window} steps")
+    if beta[0]:
+        ax.plot(*beta, color="C3", lw=1.6, label="learned Beta mean a/(a+b)")
+    if 0 < len(used[0]) <= 60:
+        if sampled[0]:
+            ax.scatter(*sampled, facecolors="none", edgecolors="C1", label="decision raw_reveal_ratio (α_raw)")
         ax.scatter(*used, marker="x", color="C2", label="decision reveal_ratio (α)")
     ax.set_ylim(-0.03, 1.03)
     _style(ax, "step", "reveal_ratio")
