@@ -52,10 +52,10 @@ from atesd.experiments.protocol import TOY_PROTOCOL, EvalProtocol, evaluate_unde
 
 RESULT_FILE = "result.json"
 PLAN_FILE = "bench_plan.json"
-SECONDS_PER_ROLLOUT = 1.0 / 32  # estimate: ~1 s per step of 32 rollouts × 128 tokens on 2 cores
-SECONDS_PER_EVAL_SAMPLE = 0.6 / 32  # estimate: sampling only, no backward pass
-LEARNED_OVERHEAD = 1.2  # probe NLL and grounding-score forwards of the learned exposure policy
-RUN_OVERHEAD_S = 5.0  # per run: loading models, checkpoints, saving best/
+SECONDS_PER_ROLLOUT = 0.88 / 32  # OPSD on toy-1m, 2 threads: 0.88 s per step of 32 rollouts (2026-11-29)
+SECONDS_PER_EVAL_SAMPLE = 0.01  # the toy protocol's 4,000 samples in ~35-45 s
+LEARNED_OVERHEAD = 1.2  # toy-atesd.yaml: probe and counterfactual credit, 1.03 s per step
+RUN_OVERHEAD_S = 10.0  # per run: loading models, checkpoints, saving best/ and final/
 
 
 @dataclass(frozen=True)
