@@ -41,3 +41,25 @@ def test_identical_variants_are_reported_per_seed():
               "atesd-no-gt": [run("atesd-no-gt", 0, [0.5, 1.0]), run("atesd-no-gt", 1, [0.0, 0.0])],
               "opsd": [run("opsd", 0, [1.0, 1.0])]}
     assert identical_variants(groups) == [("atesd", "atesd-no-gt", 0)]
+
+
+def test_markdown_compares_only_the_learned_controllers_with_random_exposure():
+    from atesd.experiments.bench_report import markdown
+
+    def run(method, policy, accuracies):
+        test = {"average_at_k": sum(accuracies) / len(accuracies), "per_difficulty": {},
+                "per_problem_accuracy": dict(enumerate(accuracies))}
+        return {"method": method, "seed": 0, "exposure_policy": policy, "chosen_step": 4, "test": test,
+                "test_last_step": test, "rollout_tokens_to_chosen": 1, "rollout_tokens_total": 1, "val_curve": []}
+
+    groups = {"opsd": [run("opsd", "fixed", [1.0, 0.0])], "random": [run("random", "random", [0.5, 0.0])],
+              "atesd": [run("atesd", "learned", [1.0, 0.5])]}
+    from dataclasses import asdict
+
+    from atesd.experiments.bench import QUICK_BUDGET, machine_info
+
+    meta = {"command": "c", "machine": machine_info(), "date": "d", "seeds": [0], "budget": asdict(QUICK_BUDGET)}
+    text = markdown(groups, meta, plots=())
+    section = text.split("### Paired difference against uniformly random exposure")[1].split("###")[0]
+    assert "| atesd | +50.0 |" in section
+    assert "| opsd |" not in section and "| random |" not in section

@@ -4,8 +4,9 @@ Written by `atesd.experiments.bench.run_bench` into the bench folder:
   bench.json               the command, machine, date, budget and every run's result
   BENCHMARKS-toy.md        a markdown section: test Average@k per method (mean ± std over seeds),
                            the chosen step and rollout tokens, accuracy per difficulty, the paired
-                           differences against the untrained base and against OPSD, rollout
-                           tokens to reach GRPO's final accuracy
+                           differences against the untrained base and against OPSD (and, for the
+                           learned controllers, against random exposure), rollout tokens to reach
+                           GRPO's final accuracy
   bench_accuracy.png       test Average@k per method, bars with ± std over seeds
   bench_per_difficulty.png test Average@k against difficulty, one line per method
   bench_tokens.png         validation Average@k against cumulative rollout tokens, per method
@@ -40,6 +41,7 @@ BENCH_JSON = "bench.json"
 PLOTS = ("bench_accuracy.png", "bench_per_difficulty.png", "bench_tokens.png", "bench_ratios.png")
 REFERENCE = "opsd"
 BASE = "base"
+RANDOM = "random"
 TOKEN_TARGET = "grpo"
 
 
@@ -162,6 +164,7 @@ def markdown(groups: dict[str, list[dict]], meta: dict, plots: Sequence[str] = P
         lines.append(f"| {name} | {_pct(acc[0])} ± {_pct(acc[1])} | {step:.1f} | {_pct(last[0])} ± {_pct(last[1])} | "
                      f"{chosen:,.0f} | {total:,.0f} |")
 
+    controllers = [name for name, runs in groups.items() if runs[0].get("exposure_policy") == "learned"]
     levels = _difficulties([r for runs in groups.values() for r in runs])
     lines += ["", f"### Test Average@{k} by difficulty (%, mean ± std over seeds)", "",
               "| method | " + " | ".join(f"difficulty {d}" for d in levels) + " |",
@@ -174,16 +177,19 @@ def markdown(groups: dict[str, list[dict]], meta: dict, plots: Sequence[str] = P
             cells.append(f"{_pct(mean_std(values)[0])} ± {_pct(mean_std(values)[1])}" if values else "–")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
-    for reference, label, short in ((BASE, "the base (the warm-started model, untrained)", "base"),
-                                    (REFERENCE, "OPSD", "OPSD")):
+    for reference, label, short, compared in (
+            (BASE, "the base (the warm-started model, untrained)", "base", list(groups)),
+            (REFERENCE, "OPSD", "OPSD", list(groups)),
+            (RANDOM, "uniformly random exposure (the learned controllers only)", "random", controllers)):
         lines += ["", f"### Paired difference against {label} (test Average@{k}, points)", ""]
-        if reference not in groups:
-            lines.append(f"{reference} is not in this bench.")
+        if reference not in groups or not compared:
+            lines.append(f"{reference} is not in this bench." if reference not in groups
+                         else "No learned controller is in this bench.")
             continue
         lines += [f"| method | Δ vs {short} | SE | (seed, problem) pairs | significant (abs Δ > 2·SE) "
                   f"| Δ vs {short}, last steps ± SE |",
                   "| --- | --- | --- | --- | --- | --- |"]
-        for name in groups:
+        for name in compared:
             diff = paired_vs_reference(groups, name, reference)
             if diff is not None:
                 mean, se, n = diff
