@@ -63,3 +63,20 @@ def test_markdown_compares_only_the_learned_controllers_with_random_exposure():
     section = text.split("### Paired difference against uniformly random exposure")[1].split("###")[0]
     assert "| atesd | +50.0 |" in section
     assert "| opsd |" not in section and "| random |" not in section
+
+
+def test_paired_difference_by_difficulty_pools_each_level_separately():
+    from atesd.experiments.bench_report import paired_by_difficulty
+
+    groups = {
+        "opsd": [_run("opsd", 0, {"a": 1.0, "b": 0.0, "c": 0.5}), _run("opsd", 1, {"a": 1.0, "b": 0.0, "c": 0.5})],
+        "fixed-0.5": [_run("fixed-0.5", 0, {"a": 0.5, "b": 0.5, "c": 1.0}),
+                      _run("fixed-0.5", 1, {"a": 0.5, "b": 1.0, "c": 1.0})],
+    }
+    for runs in groups.values():  # the last step's results are the default
+        for run in runs:
+            run["test_last_step"] = run["test"]
+    cells = paired_by_difficulty(groups, "fixed-0.5", {"a": 1, "b": 5, "c": 5})
+    assert cells[1][0] == pytest.approx(-0.5) and cells[1][2] == 2
+    assert cells[5][0] == pytest.approx((0.5 + 1.0 + 0.5 + 0.5) / 4) and cells[5][2] == 4
+    assert paired_by_difficulty(groups, "opsd", {"a": 1}) == {}

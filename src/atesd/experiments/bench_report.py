@@ -4,9 +4,9 @@ Written by `atesd.experiments.bench.run_bench` into the bench folder:
   bench.json               the command, machine, date, budget and every run's result
   BENCHMARKS-toy.md        a markdown section: test Average@k per method (mean ± std over seeds),
                            the chosen step and rollout tokens, accuracy per difficulty, the paired
-                           differences against the untrained base and against OPSD (and, for the
-                           learned controllers, against random exposure), rollout tokens to reach
-                           GRPO's final accuracy
+                           differences against the untrained base and against OPSD (overall and
+                           per difficulty; and, for the learned controllers, against random
+                           exposure), rollout tokens to reach GRPO's final accuracy
   bench_accuracy.png       test Average@k per method, bars with ± std over seeds
   bench_per_difficulty.png test Average@k against difficulty, one line per method
   bench_tokens.png         validation Average@k against cumulative rollout tokens, per method
@@ -91,6 +91,40 @@ def paired_vs_reference(groups: dict[str, list[dict]], name: str, reference_name
         return None
     mean, se = paired_difference(before, after)
     return mean, se, len(before)
+
+
+def paired_by_difficulty(groups: dict[str, list[dict]], name: str, difficulty: dict[str, int],
+                         reference_name: str = REFERENCE, key: str = "test_last_step") -> dict[int, tuple[float, float, int]]:
+    """Per difficulty level: (mean, SE, pairs) of method − reference over the pooled (seed, problem)
+    pairs of that level (statistic 2 within each level); `difficulty` maps test problem ids to levels."""
+    if reference_name not in groups or name == reference_name:
+        return {}
+    reference = {r["seed"]: _test(r, key)["per_problem_accuracy"] for r in groups[reference_name]}
+    by_level: dict[int, tuple[dict, dict]] = {}
+    for run in groups[name]:
+        if run["seed"] not in reference:
+            continue
+        for pid, accuracy in _test(run, key)["per_problem_accuracy"].items():
+            if pid in difficulty:
+                before, after = by_level.setdefault(difficulty[pid], ({}, {}))
+                before[f"{run['seed']}/{pid}"] = reference[run["seed"]][pid]
+                after[f"{run['seed']}/{pid}"] = accuracy
+    return {level: (*paired_difference(before, after), len(before))
+            for level, (before, after) in sorted(by_level.items()) if len(before) > 1}
+
+
+def problem_levels(meta: dict) -> dict[str, int]:
+    """Test problem id → difficulty level: from bench.json when it holds them, else from the test split
+    in `meta["data_dir"]` (empty when neither is there, or the problems have no levels)."""
+    if meta.get("test_difficulty"):
+        return dict(meta["test_difficulty"])
+    from atesd.experiments.protocol import EvalProtocol
+
+    data_dir = meta.get("data_dir")
+    if not data_dir or not Path(data_dir).is_dir():
+        return {}
+    problems = EvalProtocol(**meta["budget"]["test"]).problems(data_dir)
+    return {p.id: p.difficulty for p in problems if p.difficulty is not None}
 
 
 def tokens_to_reach(groups: dict[str, list[dict]], name: str) -> list[int | None] | None:
@@ -196,6 +230,20 @@ def markdown(groups: dict[str, list[dict]], meta: dict, plots: Sequence[str] = P
                 last_mean, last_se, _ = paired_vs_reference(groups, name, reference, "test_last_step")
                 lines.append(f"| {name} | {100 * mean:+.1f} | {100 * se:.1f} | {n} | "
                              f"{'yes' if abs(mean) > 2 * se else 'no'} | {100 * last_mean:+.1f} ± {100 * last_se:.1f} |")
+
+    difficulty = meta.get("test_difficulty") or {}
+    if REFERENCE in groups and difficulty:
+        levels_present = sorted(set(difficulty.values()))
+        lines += ["", f"### Paired difference against OPSD by difficulty (last steps, test Average@{k}, points)", "",
+                  "Each cell pools the (seed, problem) pairs of one level: mean ± SE.", "",
+                  "| method | " + " | ".join(f"difficulty {lv}" for lv in levels_present) + " |",
+                  "| --- |" + " --- |" * len(levels_present)]
+        for name in groups:
+            cells = paired_by_difficulty(groups, name, difficulty)
+            if cells:
+                lines.append(f"| {name} | " + " | ".join(
+                    f"{100 * cells[lv][0]:+.1f} ± {100 * cells[lv][1]:.1f}" if lv in cells else "–"
+                    for lv in levels_present) + " |")
 
     lines += ["", "### Reveal ratio used (exposure policies)", "",
               "Mean α over all steps and over the last 100 steps of each run (the batch mean for per-example "
@@ -308,6 +356,7 @@ def plot_ratios(groups, path: Path) -> Path | None:
 def write_report(out: Path, results: Sequence[dict], meta: dict) -> list[Path]:
     """bench.json, BENCHMARKS-toy.md and the PNGs into `out`; returns the paths written."""
     groups = by_method(results, meta["methods"])
+    meta = {**meta, "test_difficulty": problem_levels(meta)}  # kept in bench.json: the report recomputes from it alone
     budget = meta["budget"]
     plots = [plot_accuracy(groups, budget["test"]["k"], out / PLOTS[0]),
              plot_per_difficulty(groups, budget["test"]["k"], out / PLOTS[1]),
