@@ -185,9 +185,9 @@ def markdown(groups: dict[str, list[dict]], meta: dict, plots: Sequence[str] = P
         f"### Test Average@{k} (mean ± std over seeds)", "",
         "The checkpoint chosen on validation is the bench's figure; the last step's model is shown beside it "
         "to tell a method's effect apart from the noise of choosing among the validation points.", "",
-        f"| method | test Average@{k} (%), chosen on validation | chosen step | test Average@{k} (%), last step "
+        f"| method | seeds | test Average@{k} (%), chosen on validation | chosen step | test Average@{k} (%), last step "
         "| rollout tokens to chosen step | rollout tokens in total |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, runs in groups.items():
         acc = mean_std([r["test"]["average_at_k"] for r in runs])
@@ -195,7 +195,7 @@ def markdown(groups: dict[str, list[dict]], meta: dict, plots: Sequence[str] = P
         step = statistics.fmean(r["chosen_step"] for r in runs)
         chosen = statistics.fmean(r["rollout_tokens_to_chosen"] for r in runs)
         total = statistics.fmean(r["rollout_tokens_total"] for r in runs)
-        lines.append(f"| {name} | {_pct(acc[0])} ± {_pct(acc[1])} | {step:.1f} | {_pct(last[0])} ± {_pct(last[1])} | "
+        lines.append(f"| {name} | {len(runs)} | {_pct(acc[0])} ± {_pct(acc[1])} | {step:.1f} | {_pct(last[0])} ± {_pct(last[1])} | "
                      f"{chosen:,.0f} | {total:,.0f} |")
 
     controllers = [name for name, runs in groups.items() if runs[0].get("exposure_policy") == "learned"]
