@@ -31,3 +31,28 @@ def test_demo_evaluates_before_and_after_on_the_same_problems_and_records_the_le
     out = capsys.readouterr().out
     assert "| held-out Average@2 | base | after learned |" in out and "paired difference:" in out
     assert "steps 0-99:" in out and (tmp_path / "demo" / "final" / "config.json").is_file()
+
+
+def test_bench_reference_quotes_last_step_gains_with_their_seed_counts(tmp_path):
+    import json
+
+    from atesd.experiments.demo import bench_reference
+    from atesd.experiments.protocol import TOY_PROTOCOL
+
+    def run(method, seed, chosen, last=None):
+        result = {"method": method, "seed": seed, "test": {"per_problem_accuracy": {"a": chosen, "b": chosen}}}
+        if last is not None:
+            result["test_last_step"] = {"per_problem_accuracy": {"a": last, "b": last}}
+        return result
+
+    bench = {"budget": {"test": TOY_PROTOCOL.to_dict()},
+             "results": [run("base", 0, 0.5), run("base", 1, 0.5), run("opsd", 0, 0.5, last=0.75),
+                         run("opsd", 1, 0.5, last=0.75), run("atesd", 0, 0.25)]}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(bench))
+    line = bench_reference(path)
+    assert "opsd +25.0 (2 seeds)" in line  # the last step's, not the chosen checkpoint's +0.0
+    assert "atesd -25.0 (1 seed)" in line  # no last step recorded: the chosen checkpoint's
+    bench["budget"]["test"] = {**TOY_PROTOCOL.to_dict(), "seed": 0}
+    path.write_text(json.dumps(bench))
+    assert bench_reference(path) == ""  # another protocol: nothing to compare with

@@ -55,7 +55,8 @@ def _beta_means(run_dir: Path, block: int = 100) -> str:
 
 
 def bench_reference(path: str | Path = BENCH_JSON) -> str:
-    """The committed bench's paired gains over the base (same protocol), one line, or ""."""
+    """The committed bench's paired gains over the base (same protocol) of its last-step models,
+    which the demo's own final model is comparable with, one line, or ""."""
     path = Path(path)
     if not path.is_file():
         return ""
@@ -71,9 +72,9 @@ def bench_reference(path: str | Path = BENCH_JSON) -> str:
         runs = [r for r in by_method.get(name, []) if r["seed"] in base]
         if runs:
             gains = [paired_difference(base[r["seed"]]["test"]["per_problem_accuracy"],
-                                       r["test"]["per_problem_accuracy"])[0] for r in runs]
-            parts.append(f"{name} {100 * sum(gains) / len(gains):+.1f}")
-    return f"bench, same protocol, mean over {len(base)} seeds: " + ", ".join(parts) if parts else ""
+                                       (r.get("test_last_step") or r["test"])["per_problem_accuracy"])[0] for r in runs]
+            parts.append(f"{name} {100 * sum(gains) / len(gains):+.1f} ({len(runs)} seed{'s' * (len(runs) > 1)})")
+    return "bench, same protocol, last steps, mean gain over the base: " + ", ".join(parts) if parts else ""
 
 
 def run_demo(config: str | None = None, out: str = "runs/demo", overrides: list[str] | None = None,
