@@ -132,3 +132,12 @@ def test_a_world_on_a_users_file_is_sized_to_the_time_budget(tmp_path):
     assert plan.tokens_per_example > 30 and middle.vocab_size == plan.vocab_size == 512
     assert plan_world(cfg, minutes=0.5)[0] == middle  # deterministic: the same cache key anywhere
     assert "min of warm start" in plan.describe(middle.warm_start.batch_size)
+
+
+def test_the_warm_start_step_time_grows_with_the_square_of_the_example_length():
+    from atesd.toy.budget import step_seconds_for
+
+    default = step_seconds_for("toy-1m", 150, 32)
+    assert abs(default - 32 * 150 / 7000) < 1e-9  # the measured throughput at the reference length
+    assert abs(step_seconds_for("toy-1m", 374, 32) / default - (374 / 150) ** 2) < 1e-9  # 0.69 s → 4.3 s (measured 4.2)
+    assert step_seconds_for("toy-1m", 75, 32) == default / 2  # shorter: linear, no extra speed-up

@@ -9,8 +9,12 @@ on 2 cores. `plan_world(data, minutes)` sizes the build to the data instead:
    under 1 MB of training text, then 1,024 and 2,048;
 2. the tokens per warm-start example are measured on 256 examples of the actual mix (student and
    teacher examples, with the tokenizer trained on the data);
-3. steps = the budget's seconds × the preset's measured training throughput / tokens per step,
-   within [100, 1,200] (the default world's count is the ceiling).
+3. steps = the budget's seconds / the seconds per step, within [100, 1,200] (the default world's
+   count is the ceiling). A step's seconds grow with the square of the example length (attention
+   and padding): the preset's measured throughput holds at the default world's ~150 tokens per
+   example and falls in proportion beyond it. Measured on a 2-core AMD EPYC (2 threads, idle):
+   toy-1m at ~150 tokens per example 0.68 s per step of 32; at ~374 (the Horner task of
+   `benchmarks/horner_data.py`) 4.2 s, where a linear model said 1.7 s.
 
 Everything is a deterministic function of the data and the budget (the throughput is a constant
 measured once on a 2-core machine, `TRAIN_TOKENS_PER_S`), so the same file and budget give the
@@ -30,6 +34,7 @@ from atesd.toy.warmstart import example_stream
 # Warm-start training throughput (tokens/s, batch 32, fp32, 2 threads), measured on a 2-core AMD EPYC:
 # toy-1m 1,200 steps × 32 examples × ~150 tokens in 815 s of the default world's build.
 TRAIN_TOKENS_PER_S = {"toy-test": 40_000, "toy-1m": 7_000, "toy-5m": 1_500}
+REFERENCE_TOKENS_PER_EXAMPLE = 150  # the default world's, where TRAIN_TOKENS_PER_S was measured
 MIN_STEPS, MAX_STEPS = 100, 1200
 
 
@@ -54,6 +59,13 @@ def vocabulary_bound(train_text_chars: int) -> int:
     return 1024 if train_text_chars < 4_000_000 else 2048
 
 
+def step_seconds_for(preset: str, tokens_per_example: float, batch_size: int) -> float:
+    """Seconds of one warm-start step on 2 CPU cores (item 3 of the module docstring): tokens per step
+    over the preset's throughput, times the example length over the reference length when longer."""
+    slowdown = max(1.0, tokens_per_example / REFERENCE_TOKENS_PER_EXAMPLE)
+    return batch_size * tokens_per_example / TRAIN_TOKENS_PER_S[preset] * slowdown
+
+
 def plan_world(cfg, minutes: float = 15.0) -> tuple[object, WorldPlan]:
     """(cfg with vocab_size and warm_start.steps sized for `cfg.data` and the budget, the plan).
     cfg: a ToyWorldConfig whose `data` names the problem file."""
@@ -72,10 +84,9 @@ def plan_world(cfg, minutes: float = 15.0) -> tuple[object, WorldPlan]:
         raise ValueError(f"{cfg.data}: warm-start examples reach {max(lengths)} tokens (problem + revealed "
                          f"reference + solution), over the {cfg.preset} model's {limit} positions; shorten the "
                          "solutions or use fewer steps per solution")
-    rate = TRAIN_TOKENS_PER_S[cfg.preset]
-    affordable = int(minutes * 60 * rate / (per_example * cfg.warm_start.batch_size))
-    steps = max(MIN_STEPS, min(MAX_STEPS, affordable))
-    estimate = steps * cfg.warm_start.batch_size * per_example / rate / 60
+    step_seconds = step_seconds_for(cfg.preset, per_example, cfg.warm_start.batch_size)
+    steps = max(MIN_STEPS, min(MAX_STEPS, int(minutes * 60 / step_seconds)))
+    estimate = steps * step_seconds / 60
     planned = replace(cfg, vocab_size=vocab, warm_start=replace(cfg.warm_start, steps=steps,
                                                                 warmup_steps=min(cfg.warm_start.warmup_steps,
                                                                                  steps // 10)))
