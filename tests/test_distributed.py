@@ -73,6 +73,11 @@ def launch(config, out: Path, launcher: str = "ddp", overrides=(), nan: str | No
                    "--mixed_precision", "no", "--main_process_port", port]
     proc = subprocess.run(command + worker, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, "\n".join(l for l in proc.stderr.splitlines() if "Warning" not in l)[-6000:]
+    return read_run(out)
+
+
+def read_run(out: Path) -> dict:
+    """What a launched run left in `out`: rank 0's record, the final weights and the metrics."""
     record = json.loads((out / "rank0.json").read_text())
     record["final"] = {}
     for file in sorted((out / "run" / "final").glob("*.safetensors")):
@@ -97,12 +102,7 @@ def launch_two_machines(config, out: Path) -> dict:
     for proc in procs:
         _, err = proc.communicate(timeout=900)
         assert proc.returncode == 0, "\n".join(l for l in err.splitlines() if "Warning" not in l)[-6000:]
-    record = json.loads((out / "rank0.json").read_text())
-    record["final"] = {}
-    for file in sorted((out / "run" / "final").glob("*.safetensors")):
-        record["final"].update(load_file(file))
-    record["metrics"] = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
-    return record
+    return read_run(out)
 
 
 def assert_same_weights(a: dict, b: dict, atol: float) -> None:

@@ -44,6 +44,9 @@ def test_identical_variants_are_reported_per_seed():
 
 
 def test_markdown_compares_only_the_learned_controllers_with_random_exposure():
+    from dataclasses import asdict
+
+    from atesd.experiments.bench import QUICK_BUDGET, machine_info
     from atesd.experiments.bench_report import markdown
 
     def run(method, policy, accuracies):
@@ -54,10 +57,6 @@ def test_markdown_compares_only_the_learned_controllers_with_random_exposure():
 
     groups = {"opsd": [run("opsd", "fixed", [1.0, 0.0])], "random": [run("random", "random", [0.5, 0.0])],
               "atesd": [run("atesd", "learned", [1.0, 0.5])]}
-    from dataclasses import asdict
-
-    from atesd.experiments.bench import QUICK_BUDGET, machine_info
-
     meta = {"command": "c", "machine": machine_info(), "date": "d", "seeds": [0], "budget": asdict(QUICK_BUDGET)}
     text = markdown(groups, meta, plots=())
     section = text.split("### Paired difference against uniformly random exposure")[1].split("###")[0]

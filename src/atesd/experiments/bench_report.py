@@ -74,19 +74,27 @@ def _test(run: dict, key: str) -> dict:
     return run.get(key) or run["test"]
 
 
+def _pooled_pairs(groups: dict[str, list[dict]], name: str, reference_name: str,
+                  key: str) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
+    """(reference, method) per-problem accuracies over the (seed, problem) pairs of the seeds both ran,
+    keyed "seed/problem id", and each key's problem id."""
+    reference = {r["seed"]: _test(r, key)["per_problem_accuracy"] for r in groups[reference_name]}
+    before, after, problem = {}, {}, {}
+    for run in groups[name]:
+        if run["seed"] in reference:
+            for pid, accuracy in _test(run, key)["per_problem_accuracy"].items():
+                pair = f"{run['seed']}/{pid}"
+                before[pair], after[pair], problem[pair] = reference[run["seed"]][pid], accuracy, pid
+    return before, after, problem
+
+
 def paired_vs_reference(groups: dict[str, list[dict]], name: str, reference_name: str = REFERENCE,
                         key: str = "test") -> tuple[float, float, int] | None:
     """(mean, SE, pairs) of method − reference (OPSD, or the untrained base) over the pooled
     (seed, problem) pairs (statistic 2), on the chosen checkpoints (key "test") or the last steps."""
     if reference_name not in groups or name == reference_name:
         return None
-    reference = {r["seed"]: _test(r, key)["per_problem_accuracy"] for r in groups[reference_name]}
-    before, after = {}, {}
-    for run in groups[name]:
-        if run["seed"] in reference:
-            for pid, accuracy in _test(run, key)["per_problem_accuracy"].items():
-                before[f"{run['seed']}/{pid}"] = reference[run["seed"]][pid]
-                after[f"{run['seed']}/{pid}"] = accuracy
+    before, after, _ = _pooled_pairs(groups, name, reference_name, key)
     if not before:
         return None
     mean, se = paired_difference(before, after)
@@ -99,18 +107,14 @@ def paired_by_difficulty(groups: dict[str, list[dict]], name: str, difficulty: d
     pairs of that level (statistic 2 within each level); `difficulty` maps test problem ids to levels."""
     if reference_name not in groups or name == reference_name:
         return {}
-    reference = {r["seed"]: _test(r, key)["per_problem_accuracy"] for r in groups[reference_name]}
-    by_level: dict[int, tuple[dict, dict]] = {}
-    for run in groups[name]:
-        if run["seed"] not in reference:
-            continue
-        for pid, accuracy in _test(run, key)["per_problem_accuracy"].items():
-            if pid in difficulty:
-                before, after = by_level.setdefault(difficulty[pid], ({}, {}))
-                before[f"{run['seed']}/{pid}"] = reference[run["seed"]][pid]
-                after[f"{run['seed']}/{pid}"] = accuracy
-    return {level: (*paired_difference(before, after), len(before))
-            for level, (before, after) in sorted(by_level.items()) if len(before) > 1}
+    before, after, problem = _pooled_pairs(groups, name, reference_name, key)
+    cells = {}
+    for level in sorted({difficulty[pid] for pid in problem.values() if pid in difficulty}):
+        pairs = [pair for pair, pid in problem.items() if difficulty.get(pid) == level]
+        if len(pairs) > 1:
+            mean, se = paired_difference({p: before[p] for p in pairs}, {p: after[p] for p in pairs})
+            cells[level] = (mean, se, len(pairs))
+    return cells
 
 
 def problem_levels(meta: dict) -> dict[str, int]:
