@@ -84,6 +84,7 @@ LEARNED = ("exposure:\n  policy: learned\n  hold_steps: 3\n  lookahead_steps: 2\
 COUNTERFACTUAL = ("exposure:\n  policy: learned\n  reward: counterfactual\n  hold_steps: 2\n"
                   "  decisions_per_update: 2\n  probe_size: 4\n  credit_examples: 2\n  credit_refresh_steps: 3\n")
 PER_EXAMPLE = COUNTERFACTUAL + "  granularity: per_example\n"
+PER_DIFFICULTY = COUNTERFACTUAL + "  granularity: per_difficulty\n"
 
 
 @pytest.mark.parametrize("exposure", ["", LEARNED, COUNTERFACTUAL], ids=["fixed", "learned", "counterfactual"])
@@ -131,7 +132,8 @@ def test_learned_exposure_logs_decisions_rewards_and_controller_updates(world, t
     assert all("exposure/grounding_score" in m and "exposure/probe_nll" in m for m in metrics)
 
 
-@pytest.mark.parametrize("exposure", [COUNTERFACTUAL, PER_EXAMPLE], ids=["global", "per_example"])
+@pytest.mark.parametrize("exposure", [COUNTERFACTUAL, PER_EXAMPLE, PER_DIFFICULTY],
+                         ids=["global", "per_example", "per_difficulty"])
 def test_counterfactual_credit_is_measured_and_learned_from(world, tmp_path, exposure):
     out = tmp_path / "cf"
     result = train(load_config(_config(world, out, steps=6, extra=exposure)))
@@ -141,11 +143,14 @@ def test_counterfactual_credit_is_measured_and_learned_from(world, tmp_path, exp
     assert any(r["event"] == "update" for r in records)
     metrics = _metrics_with_timing(out)
     credited = [m["step"] for m in metrics if "timing/credit_s" in m]
-    if "per_example" in exposure:
+    if "granularity" in exposure:
         assert credited == list(range(6))  # every step
         decisions = [r for r in records if r["event"] == "decision"]
         assert all(len(d["reveal_ratios"]) == 4 for d in decisions)
         assert result.reveal_ratios == [pytest.approx(d["reveal_ratio"]) for d in decisions]
+        if "per_difficulty" in exposure:  # one Beta per level: examples of a level share its mean
+            assert all(d["beta_mean_by_difficulty"] and set(d["beta_mean_by_difficulty"]) == set(
+                d["reveal_ratio_by_difficulty"]) for d in decisions)
     else:
         assert credited == [0, 2, 4]  # the first step of each hold window
 

@@ -89,6 +89,7 @@ METHODS: tuple[Method, ...] = (
                                                         "exposure.difficulty_ratios=[0.5,0.5,0.5,1,1]")),
     Method("atesd", "toy-atesd.yaml"),  # paired counterfactual credit, one global α per step
     Method("atesd-per-example", "toy-atesd.yaml", ("exposure.granularity=per_example",)),
+    Method("atesd-per-difficulty", "toy-atesd-per-difficulty.yaml"),  # one learned Beta per level
     Method("atesd-fast", "toy-atesd.yaml", ("exposure.policy_lr=1e-2",)),  # the same, 3× the controller's rate
     Method("atesd-paper", "toy-atesd-paper.yaml"),  # the paper's controller as published
     Method("atesd-discounted", "toy-atesd-paper.yaml",  # the paper's reward with our fixes

@@ -8,7 +8,8 @@
   * L_ctrl = −(1/N) Σ_j A_j log π_φ(α_raw_j | s_j) + c · max(0, H̄ − H_target)², one Adam step.
 
 Used by the global controller (`atesd.exposure.learned`) and the per-example one
-(`atesd.exposure.per_example`).
+(`atesd.exposure.per_example`). `BetaTable` (ours) is the per-difficulty controller's f_φ: one
+(a_k, b_k) = 1 + softplus(w_k) per group k of a one-hot state, i.e. one Beta per difficulty level.
 """
 
 from __future__ import annotations
@@ -66,6 +67,19 @@ class BetaPolicyNetwork(nn.Module):
         return float(a[0]), float(b[0])
 
 
+class BetaTable(nn.Module):
+    """f_φ for a one-hot state s [N, K]: (a, b) = 1 + softplus(s · W), W [K, 2]; row k of W is group
+    k's Beta, every row starts at Beta(2, 2) (softplus(log(e − 1)) = 1)."""
+
+    def __init__(self, rows: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((rows, 2), math.log(math.e - 1.0)))
+
+    def forward(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shapes = 1.0 + nn.functional.softplus(states @ self.weight)  # [N, 2]
+        return shapes[:, 0], shapes[:, 1]
+
+
 def entropy_penalty(
     entropy: torch.Tensor, target_entropy: float, entropy_coef: float
 ) -> torch.Tensor:
@@ -74,7 +88,7 @@ def entropy_penalty(
 
 
 def controller_loss(
-    network: BetaPolicyNetwork,
+    network: nn.Module,
     states: torch.Tensor,
     raw_ratios: torch.Tensor,
     advantages: torch.Tensor,
@@ -103,7 +117,7 @@ def controller_loss(
     return loss, metrics
 
 
-def policy_step(network: BetaPolicyNetwork, optimizer: torch.optim.Optimizer, states: torch.Tensor,
+def policy_step(network: nn.Module, optimizer: torch.optim.Optimizer, states: torch.Tensor,
                 raw_ratios: torch.Tensor, advantages: torch.Tensor, target_entropy: float,
                 entropy_coef: float) -> dict[str, float]:
     """One Adam step on `controller_loss`; its metrics."""

@@ -16,8 +16,9 @@ Departures from the paper:
      are one override each: progress_signal=distill_loss lookahead_steps=8 grounding_scale=none
      policy_lr=1e-3 (configs/toy-atesd-paper.yaml).
   4. Ours, beyond the paper: reward="counterfactual" (paired first-order credit on the held-out
-     probe, `atesd.exposure.credit`) and granularity="per_example" (one α per example from a
-     contextual policy, `atesd.exposure.per_example`).
+     probe, `atesd.exposure.credit`), granularity="per_example" (one α per example from a
+     contextual policy, `atesd.exposure.per_example`) and granularity="per_difficulty" (one learned
+     Beta per difficulty level, the same module).
 """
 
 from __future__ import annotations
@@ -80,8 +81,12 @@ class ExposureConfig:
     progress_signal: Literal["probe_nll", "distill_loss"] = "probe_nll"
     # "global": one α per hold window for the whole batch (paper). "per_example" (ours): a
     # contextual policy draws one α per example from per-example features (difficulty, whether
-    # the rollout was right, its confidence and length); needs reward="counterfactual".
-    granularity: Literal["global", "per_example"] = "global"
+    # the rollout was right, its confidence and length); "per_difficulty" (ours): one Beta per
+    # difficulty level, each example's α drawn from its level's. Both need reward="counterfactual".
+    granularity: Literal["global", "per_example", "per_difficulty"] = "global"
+    # granularity="per_difficulty": levels 1 … difficulty_levels get a Beta each (higher levels share
+    # the last one; examples without a label get one more).
+    difficulty_levels: int = 5
     # reward="counterfactual": examples per step (over all processes) whose paired credit is
     # measured (each costs forwards under both ratios), and the step ε of the central difference
     # along the unit probe direction.
@@ -137,8 +142,8 @@ class ExposureConfig:
         if not self.difficulty_ratios or not all(0.0 <= r <= 1.0 for r in self.difficulty_ratios):
             raise ValueError(f"exposure.difficulty_ratios must be a non-empty list of ratios in [0, 1], "
                              f"got {self.difficulty_ratios}")
-        if self.granularity == "per_example" and self.reward != "counterfactual":
-            raise ValueError("exposure.granularity=per_example needs exposure.reward=counterfactual: the "
+        if self.granularity != "global" and self.reward != "counterfactual":
+            raise ValueError(f"exposure.granularity={self.granularity} needs exposure.reward=counterfactual: the "
                              "lookahead rewards measure the whole batch's progress and cannot credit one example")
         if not (math.isfinite(self.credit_step) and self.credit_step > 0):
             raise ValueError(f"exposure.credit_step must be > 0, got {self.credit_step}; try 1e-2")
@@ -149,6 +154,7 @@ class ExposureConfig:
             ("credit_refresh_steps", 4),
             ("hidden_size", 64),
             ("probe_size", 8),
+            ("difficulty_levels", 5),
         ):
             if not _is_int_at_least(getattr(self, name), 1):
                 raise ValueError(

@@ -14,6 +14,14 @@ each step one REINFORCE update uses their paired credit:
     A_i = (c_i(α_i) − c_i(α′_i)) / RMS(c − c′),
     L_ctrl = −(1/2K) Σ_i A_i [log π(α_raw_i | s_i) − log π(α′_raw_i | s_i)] + c·max(0, H̄ − H_target)²
 The draws of step t come from a private stream seeded by (seed, t), so a resumed run draws the same.
+
+granularity="per_difficulty" (ours) is the same loop with the contextual network replaced by a
+table (`BetaTable`): the state of example i is the one-hot of its difficulty level k_i (levels
+1 … `difficulty_levels`, higher levels share the last row, an example without a label gets row 0),
+so (a_k, b_k) = 1 + softplus(w_k) is one Beta per level, every level starting at Beta(2, 2), and a
+level's Beta moves only with its own examples' paired credit. The ATESD paper's fixed-exposure
+sweep (easy problems prefer α = 1, hard ones less) is the case it is built for; the toy world's
+first-order credit has that shape per level (docs/toy-world.md, section 8.2).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import torch
 
 from atesd.exposure.config import ExposureConfig
 from atesd.exposure.decision import ExposureChoice, StepClock
-from atesd.exposure.beta_policy import BetaPolicyNetwork, clipped, default_target_entropy, policy_step
+from atesd.exposure.beta_policy import BetaPolicyNetwork, BetaTable, clipped, default_target_entropy, policy_step
 from atesd.exposure.reward import RunningScale
 from atesd.exposure.state import (
     EXAMPLE_FEATURE_NAMES,
@@ -38,8 +46,16 @@ from atesd.exposure.state import (
 )
 
 
+def difficulty_one_hot(context: ExampleContext, levels: int) -> list[float]:
+    """The per-difficulty state: a one-hot of length levels + 1, index 0 for an unlabelled example,
+    k for level k (levels below 1 count as 1, above `levels` as `levels`)."""
+    row = 0 if context.difficulty is None else min(levels, max(1, int(context.difficulty)))
+    return [1.0 if k == row else 0.0 for k in range(levels + 1)]
+
+
 class PerExampleExposure:
-    """granularity="per_example": see the module docstring. Rank 0 only, like LearnedExposure."""
+    """granularity="per_example" or "per_difficulty": see the module docstring. Rank 0 only, like
+    LearnedExposure."""
 
     kind = "learned"
     needs_probe_nll = True
@@ -49,7 +65,11 @@ class PerExampleExposure:
 
     def __init__(self, cfg: ExposureConfig, total_steps: int) -> None:
         self.cfg = cfg
-        self.network = BetaPolicyNetwork(N_FEATURES + len(EXAMPLE_FEATURE_NAMES), cfg.hidden_size, cfg.seed)
+        self.per_difficulty = cfg.granularity == "per_difficulty"
+        if self.per_difficulty:
+            self.network = BetaTable(cfg.difficulty_levels + 1)
+        else:
+            self.network = BetaPolicyNetwork(N_FEATURES + len(EXAMPLE_FEATURE_NAMES), cfg.hidden_size, cfg.seed)
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=cfg.policy_lr)
         self.tracker = ExposureStateTracker(total_steps, cfg.ema_decay)
         self.target_entropy = default_target_entropy() if cfg.target_entropy is None else cfg.target_entropy
@@ -64,8 +84,11 @@ class PerExampleExposure:
     def decide(self, step: int, contexts: Sequence[ExampleContext]):
         """The step's ratios, one per example (and the counterfactual ones)."""
         if self._clock.begin(step) or self._step is None or self._step["step"] != step:
-            shared = self.tracker.features(step)
-            states = [shared + example_features(c) for c in contexts]
+            if self.per_difficulty:
+                states = [difficulty_one_hot(c, self.cfg.difficulty_levels) for c in contexts]
+            else:
+                shared = self.tracker.features(step)
+                states = [shared + example_features(c) for c in contexts]
             with torch.no_grad():
                 beta_a, beta_b = self.network(torch.tensor(states, dtype=torch.float32))
             rng = random.Random(f"atesd.exposure.per_example:{self.cfg.seed}:{step}")
@@ -86,7 +109,8 @@ class PerExampleExposure:
                                "reason": f"no training signals at step {step}"}]
         signals.require("top1_disagreement", "self_confidence")
         if credit is None:
-            raise ValueError("exposure.granularity=per_example needs the step's paired credit (the loop's credit phase)")
+            raise ValueError(f"exposure.granularity={self.cfg.granularity} needs the step's paired credit (the loop's "
+                             "credit phase)")
         self.tracker.observe(sum(ratios) / len(ratios), signals)
         paired = credit.paired()
         if len(paired) < 1:
@@ -118,25 +142,28 @@ class PerExampleExposure:
 
     def _decision_record(self, step: int, current: dict, ratios: list[float]) -> dict:
         by_level: dict[str, list[float]] = {}
-        for context, ratio in zip(current["contexts"], ratios):
+        mean_by_level: dict[str, list[float]] = {}
+        for context, ratio, mean in zip(current["contexts"], ratios, current["beta_mean"]):
             by_level.setdefault(str(context.difficulty), []).append(ratio)
+            mean_by_level.setdefault(str(context.difficulty), []).append(mean)
         return {"event": "decision", "step": step, "decision_step": step,
                 "reveal_ratio": sum(ratios) / len(ratios), "reveal_ratios": ratios,
                 "raw_reveal_ratio": sum(raw for raw, _ in current["draws"]) / len(ratios),
                 "beta_mean": sum(current["beta_mean"]) / len(ratios),
                 "reveal_ratio_by_difficulty": {k: sum(v) / len(v) for k, v in sorted(by_level.items())},
+                "beta_mean_by_difficulty": {k: sum(v) / len(v) for k, v in sorted(mean_by_level.items())},
                 "difficulty": [c.difficulty for c in current["contexts"]],
                 "correct": [c.correct for c in current["contexts"]]}
 
     def state_dict(self) -> dict:
-        return {"kind": self.kind, "granularity": "per_example",
+        return {"kind": self.kind, "granularity": self.cfg.granularity,
                 "network": {k: v.detach().clone() for k, v in self.network.state_dict().items()},
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()),
                 "tracker": copy.deepcopy(self.tracker.state_dict()), "scale": self.scale.state_dict(),
                 "clock": self._clock.state_dict(), "updates": self.updates}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("kind") != self.kind or state.get("granularity") != "per_example":
+        if state.get("kind") != self.kind or state.get("granularity") != self.cfg.granularity:
             raise ValueError("this checkpoint holds another exposure policy: resume with the exposure.policy "
                              "and exposure.granularity the run was started with")
         self.network.load_state_dict(state["network"])

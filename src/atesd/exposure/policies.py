@@ -20,7 +20,8 @@ Policies:
                       clip(Beta(a, b), α_min, α_max); the draw of window w is seeded by (seed, w).
     ScheduleExposure  α_t = start + (end − start) · t/(T − 1), linear over the T steps.
     LearnedExposure   the ATESD controller (`atesd.exposure.learned`).
-    PerExampleExposure  one α per example from a contextual policy (`atesd.exposure.per_example`).
+    PerExampleExposure  one α per example from a contextual policy, or from its difficulty level's
+                      Beta (granularity="per_difficulty"; `atesd.exposure.per_example`).
 
 Departures from the paper:
   1. The paper's baselines are a fixed α and a "uniformly random" α; we draw the random α once per
@@ -236,6 +237,6 @@ def make_exposure_policy(cfg: ExposureConfig, total_steps: int) -> ExposurePolic
         return RandomExposure(cfg)
     if cfg.policy == "schedule":
         return ScheduleExposure(cfg.schedule_start, cfg.schedule_end, total_steps)
-    if cfg.granularity == "per_example":
+    if cfg.granularity in ("per_example", "per_difficulty"):
         return PerExampleExposure(cfg, total_steps)
     return GlobalLearnedExposure(cfg, total_steps)
