@@ -1,6 +1,8 @@
 """Student and teacher prompts end in the same assistant prefix, so the rollout ids line up."""
 
-from atesd.prompts import PromptConfig, assistant_prefix, student_prompt, teacher_prompt, teacher_text
+import pytest
+
+from atesd.prompts import PromptConfig, assistant_prefix, student_prompt, teacher_prompt, teacher_text, teacher_view
 from atesd.reveal import reveal
 
 
@@ -38,6 +40,15 @@ def test_teacher_prompt_holds_the_revealed_reference_and_student_prompt_does_not
     s = tiny_tokenizer.decode(student_prompt(tiny_tokenizer, problem.problem, cfg))
     assert revealed in t and problem.problem in t
     assert revealed not in s and problem.problem in s
+
+
+def test_teacher_view_rounds_the_revealed_steps_as_the_config_says(tiny_tokenizer, toy_problems):
+    problem = next(p for p in toy_problems if p.difficulty == 2)  # two steps: α = 0.8 shows 1 (floor) or 2
+    floor, nearest = PromptConfig(), PromptConfig(reveal_rounding="nearest")
+    assert teacher_view(tiny_tokenizer, problem, 0.8, floor) == teacher_view(tiny_tokenizer, problem, 0.5, floor)
+    assert teacher_view(tiny_tokenizer, problem, 0.8, nearest) == teacher_view(tiny_tokenizer, problem, 1.0, floor)
+    with pytest.raises(ValueError, match="reveal_rounding"):
+        PromptConfig(reveal_rounding="ceil")
 
 
 def test_plain_text_rendering_without_chat_template(tiny_tokenizer):

@@ -101,6 +101,22 @@ def test_revealed_step_count_is_robust_to_float_error(ratio, steps, expected):
     assert revealed_step_count(steps, ratio) == expected
 
 
+@pytest.mark.parametrize(("ratio", "steps", "floor", "nearest"),
+                         [(0.9, 1, 0, 1), (0.49, 1, 0, 0), (0.5, 1, 0, 1), (0.74, 2, 1, 1), (0.75, 2, 1, 2),
+                          (0.8, 5, 4, 4), (0.9, 5, 4, 5), (0.0, 4, 0, 0), (1.0, 4, 4, 4), (0.29, 100, 29, 29)])
+def test_nearest_rounding_gives_full_exposure_to_ratios_near_one_on_short_solutions(ratio, steps, floor, nearest):
+    assert revealed_step_count(steps, ratio) == revealed_step_count(steps, ratio, "floor") == floor
+    assert revealed_step_count(steps, ratio, "nearest") == nearest
+
+
+def test_reveal_and_withheld_follow_the_rounding_and_reject_an_unknown_one():
+    assert reveal(PARAGRAPHS, 0.9, "nearest") == reveal(PARAGRAPHS, 1.0)  # 2.7 steps of 3 → 3
+    assert withheld(PARAGRAPHS, 0.9, "nearest") == "The answer is $\\boxed{4}$."
+    assert reveal(PARAGRAPHS, 0.9) == reveal(PARAGRAPHS, 2 / 3)  # the floor: 2 of 3
+    with pytest.raises(ValueError, match="rounding"):
+        revealed_step_count(3, 0.5, "ceil")
+
+
 @pytest.mark.parametrize("ratio", [-0.01, 1.0001, math.nan, math.inf, "0.5", None, True, [0.5]])
 def test_reveal_rejects_bad_ratios(ratio):
     with pytest.raises(ValueError, match="ratio"):

@@ -17,6 +17,7 @@ Where we depart from the published code:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from atesd.reveal import reveal
 
@@ -44,6 +45,9 @@ class PromptConfig:
         the assistant prefix shared by both roles.
     teacher_thinking: `enable_thinking` for rendering the teacher's context (OPSD: on).
     system_prompt: an optional system turn for both roles.
+    reveal_rounding: how α becomes a number of revealed steps: "floor" ⌊α·m⌋ (the paper's), or
+        "nearest" ⌊α·m + 1/2⌋ (ours: with few steps per solution the floor never gives full
+        exposure to α < 1; `atesd.reveal`, departure 7).
     """
 
     student_template: str = DEFAULT_STUDENT_TEMPLATE
@@ -51,8 +55,11 @@ class PromptConfig:
     student_thinking: bool = False
     teacher_thinking: bool = True
     system_prompt: str | None = None
+    reveal_rounding: Literal["floor", "nearest"] = "floor"
 
     def __post_init__(self) -> None:
+        if self.reveal_rounding not in ("floor", "nearest"):
+            raise ValueError(f"prompts.reveal_rounding must be 'floor' or 'nearest', got {self.reveal_rounding!r}")
         if "{problem}" not in self.student_template:
             raise ValueError("prompts.student_template must contain '{problem}'")
         for field in ("{problem}", "{reference}"):
@@ -124,7 +131,7 @@ def teacher_prompt(tokenizer, problem: str, revealed: str, cfg: PromptConfig) ->
 def teacher_view(tokenizer, problem, reveal_ratio: float, cfg: PromptConfig) -> list[int]:
     """The teacher prompt of a problem (an `atesd.data.Problem`) at reveal ratio α: the problem x and
     ỹ*_α = reveal(y*, α). The one place a teacher view is built."""
-    return teacher_prompt(tokenizer, problem.problem, reveal(problem.solution, reveal_ratio), cfg)
+    return teacher_prompt(tokenizer, problem.problem, reveal(problem.solution, reveal_ratio, cfg.reveal_rounding), cfg)
 
 
 def reference_completion(solution: str, tokenizer=None) -> str:

@@ -24,6 +24,11 @@ Where this departs from, or fills in, the paper:
    returns the whole solution with the same non-whitespace characters in the same order.
 6. ⌊α·m⌋ is computed as ``floor(α·m + 1e-9)`` so that float error (0.29 · 100 =
    28.999999999999996) does not drop a step.
+7. Ours, an option (``prompts.reveal_rounding="nearest"``): ⌊α·m + 1/2⌋ instead of ⌊α·m⌋. With
+   few steps per solution the floor makes every α < 1 a partial exposure: for m = 2 any α in
+   [0.5, 1) shows one step of two, for m = 1 any α < 1 shows none, so a ratio drawn from a Beta
+   (always < 1) never gives full exposure. Rounding to the nearest step count gives full exposure
+   from α ≥ 1 − 1/(2m) on; α = 1 and α = 0 are the same under both rules.
 """
 
 from __future__ import annotations
@@ -164,24 +169,31 @@ def _checked_ratio(ratio: object) -> float:
     return value
 
 
-def revealed_step_count(step_count: int, ratio: float) -> int:
-    """⌊α·m⌋ for m = ``step_count`` (departure 6). Raises ValueError for α outside [0, 1]."""
-    return min(step_count, math.floor(_checked_ratio(ratio) * step_count + _FLOOR_EPSILON))
+ROUNDINGS = ("floor", "nearest")
+
+
+def revealed_step_count(step_count: int, ratio: float, rounding: str = "floor") -> int:
+    """⌊α·m⌋ for m = ``step_count`` (departure 6), or ⌊α·m + 1/2⌋ with rounding="nearest" (7).
+    Raises ValueError for α outside [0, 1] or an unknown rounding."""
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"reveal rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
+    offset = 0.5 if rounding == "nearest" else 0.0
+    return min(step_count, math.floor(_checked_ratio(ratio) * step_count + offset + _FLOOR_EPSILON))
 
 
 def _joined(parts: list[str]) -> str:
     return "\n\n".join(part for part in parts if part)
 
 
-def reveal(solution: str, ratio: float) -> str:
+def reveal(solution: str, ratio: float, rounding: str = "floor") -> str:
     """ỹ*_α: the first ⌊α·m⌋ steps, then the final-answer sentence, joined by blank lines."""
     steps, final = split_steps(solution)
-    return _joined(steps[: revealed_step_count(len(steps), ratio)] + [final])
+    return _joined(steps[: revealed_step_count(len(steps), ratio, rounding)] + [final])
 
 
-def withheld(solution: str, ratio: float) -> str:
+def withheld(solution: str, ratio: float, rounding: str = "floor") -> str:
     """The steps ``reveal`` leaves out (r_{⌊α·m⌋+1} … r_m), then the final-answer sentence.
 
     The teacher's log-probability of this text is the grounding score g_t."""
     steps, final = split_steps(solution)
-    return _joined(steps[revealed_step_count(len(steps), ratio) :] + [final])
+    return _joined(steps[revealed_step_count(len(steps), ratio, rounding) :] + [final])

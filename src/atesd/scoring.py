@@ -156,7 +156,8 @@ def grounding_scores(model, tokenizer, problems: Sequence, reveal_ratio: float, 
     reference_completion(withheld(y*, α)) (the steps the teacher was not shown, then the answer),
     teacher-forced after the teacher prompt at ratio α. g_t (ATESD's G_gt input) is their mean."""
     views = [teacher_view(tokenizer, p, reveal_ratio, prompts) for p in problems]
-    completions = [text_ids(tokenizer, reference_completion(withheld(p.solution, reveal_ratio), tokenizer))
+    completions = [text_ids(tokenizer, reference_completion(withheld(p.solution, reveal_ratio, prompts.reveal_rounding),
+                                                            tokenizer))
                    for p in problems]
     logprobs = completion_logprobs(model, views, completions, tokenizer.pad_token_id, batch_size, chunk_size)
     return [float(lp.double().mean()) for lp in logprobs]

@@ -35,7 +35,8 @@ def quick_bench(tiny_model_dir, data_dir, tmp_path_factory):
 def test_method_table_has_every_method_once():
     names = [m.name for m in METHODS]
     assert names == ["base", "sft", "grpo", "opsd", "fixed-0", "fixed-0.25", "fixed-0.5", "fixed-0.75", "random",
-                     "schedule", "schedule-down", "by-difficulty-easy-full", "by-difficulty-hard-full", "atesd", "atesd-per-example", "atesd-fast", "atesd-paper", "atesd-discounted",
+                     "schedule", "schedule-down", "by-difficulty-easy-full", "by-difficulty-hard-full", "atesd", "atesd-per-example",
+                     "atesd-per-difficulty", "atesd-per-difficulty-high-start", "atesd-slow", "atesd-paper", "atesd-discounted",
                      "atesd-one-step", "atesd-no-gt"]
     assert [m.name for m in METHODS if not m.trains] == ["base"]
 
@@ -56,7 +57,10 @@ def test_every_method_config_loads_with_the_same_rollout_budget(tmp_path, tiny_m
             assert (cfg.exposure.reward, cfg.exposure.granularity) == ("counterfactual", "global")
         if method.name == "atesd-per-example":
             assert (cfg.exposure.reward, cfg.exposure.granularity) == ("counterfactual", "per_example")
-        if method.name.startswith("atesd-") and method.name not in ("atesd-per-example", "atesd-fast"):  # the paper's
+        if method.name == "atesd-per-difficulty":
+            assert (cfg.exposure.reward, cfg.exposure.granularity, cfg.exposure.credit_examples,
+                    cfg.exposure.probe_size) == ("counterfactual", "per_difficulty", 32, 64)
+        if method.config == "toy-atesd-paper.yaml":  # the paper's controller and its ablations
             assert cfg.exposure.hold_steps == 4 and cfg.exposure.decisions_per_update == 4
         if method.name == "atesd-paper":
             assert (cfg.exposure.reward, cfg.exposure.progress_signal, cfg.exposure.lookahead_steps) == (

@@ -52,6 +52,9 @@ def test_config_round_trips_through_an_omegaconf_structured_config():
         ({"ema_decay": 1.0}, "ema_decay"),
         ({"target_entropy": float("nan")}, "null uses the entropy of Beta\\(2, 2\\)"),
         ({"granularity": "per_example"}, "needs exposure.reward=counterfactual"),
+        ({"granularity": "per_difficulty"}, "per_difficulty needs exposure.reward=counterfactual"),
+        ({"difficulty_levels": 0}, "difficulty_levels must be an integer >= 1"),
+        ({"initial_beta_b": 1.0}, "initial_beta_b must be > 1"),
         ({"difficulty_ratios": []}, "difficulty_ratios"),
     ],
 )

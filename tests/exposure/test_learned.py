@@ -246,12 +246,15 @@ def test_counterfactual_reward_never_credits_a_window_with_another_windows_draw(
     assert [round(a, 9) for a, _ in seen] == [round(decisions[s]["reveal_ratio"], 9) for s in (0, 3, 6, 9)]
 
 
-@pytest.mark.parametrize("reward", ["counterfactual", "discounted"])
-def test_policy_finds_a_bandit_optimum_at_a_realistic_budget(reward):
+@pytest.mark.parametrize(("reward", "policy_lr", "tolerance", "hits_needed"),
+                         [("counterfactual", 1e-2, 0.2, 8), ("counterfactual", 3e-3, 0.1, 6), ("discounted", 3e-3, 0.1, 6)])
+def test_policy_finds_a_bandit_optimum_at_a_realistic_budget(reward, policy_lr, tolerance, hits_needed):
     """500 steps (the toy configuration) with H = 1 and B = 16 (toy-atesd.yaml): 500 decisions, 31
     updates. The reward is −(α − 0.7)² plus Gaussian noise sized so that its correlation with the
     signal is ρ = 0.2 (the paired difference of two draws for "counterfactual"; G_gt alone, λ_gt = 1,
-    for "discounted"). The mean of the learned Beta must end within 0.1 of 0.7 on most seeds."""
+    for "discounted"). The mean of the learned Beta must end near 0.7 on most of 10 seeds: within 0.1
+    at policy_lr 3e-3; at toy-atesd.yaml's 1e-2 it moves further from 0.5 but overshoots (0.85–0.9
+    on four seeds), so within 0.2."""
     import random
 
     def signal(a):
@@ -269,7 +272,7 @@ def test_policy_finds_a_bandit_optimum_at_a_realistic_budget(reward):
     for seed in range(10):
         noise = random.Random(100 + seed)
         cfg = ExposureConfig(policy="learned", reward=reward, hold_steps=1, lookahead_steps=1, decisions_per_update=16,
-                             grounding_weight=1.0, policy_lr=3e-3, seed=seed)
+                             grounding_weight=1.0, policy_lr=policy_lr, seed=seed)
         if reward == "counterfactual":
             policy, _ = _run_counterfactual(cfg, 500, lambda a, b: signal(a) - signal(b) + noise.gauss(0, noise_sd))
         else:
@@ -278,5 +281,5 @@ def test_policy_finds_a_bandit_optimum_at_a_realistic_budget(reward):
                 ratio = policy.decide(step, [None]).ratios[0]
                 policy.observe(step, _signals(step, ratio, grounding=signal(ratio) + noise.gauss(0, noise_sd)))
         a, b = policy.network.shapes(policy.tracker.features(499))
-        hits += abs(a / (a + b) - 0.7) < 0.1
-    assert hits >= 6, f"the policy mean ended within 0.1 of the optimum on {hits} of 10 seeds"
+        hits += abs(a / (a + b) - 0.7) < tolerance
+    assert hits >= hits_needed, f"the policy mean ended within {tolerance} of the optimum on {hits} of 10 seeds"

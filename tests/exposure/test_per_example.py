@@ -1,4 +1,5 @@
-"""Per-example exposure: one α per rollout from a contextual Beta policy, learned from paired credit."""
+"""Per-example exposure: one α per rollout from a contextual Beta policy, or from its difficulty level's
+Beta (granularity="per_difficulty"), learned from paired credit."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from atesd.exposure import (
     TrainingSignals,
     make_exposure_policy,
 )
+from atesd.exposure.per_example import difficulty_one_hot
 
 SIGNALS = TrainingSignals(distill_loss=1.0, divergence_mean=0.1, top1_disagreement=0.05, probe_nll=1.2,
                           self_confidence=-0.5, grounding_score=None)
@@ -25,14 +27,15 @@ def _contexts(rng, n=16):
                            self_confidence=-rng.random(), length_fraction=rng.random()) for _ in range(n)]
 
 
-def _drive(policy, steps, credit_of, seed=0):
+def _drive(policy, steps, credit_of, seed=0, examples=16, credited=8):
     rng = random.Random(seed)
     records = []
     for step in range(steps):
-        contexts = _contexts(rng)
+        contexts = _contexts(rng, examples)
         choice = policy.decide(step, contexts)
-        credit = StepCredit(tuple(range(8)), tuple(credit_of(contexts[i], choice.ratios[i]) for i in range(8)),
-                            tuple(credit_of(contexts[i], choice.counterfactual[i]) for i in range(8)))
+        credit = StepCredit(tuple(range(credited)),
+                            tuple(credit_of(contexts[i], choice.ratios[i]) for i in range(credited)),
+                            tuple(credit_of(contexts[i], choice.counterfactual[i]) for i in range(credited)))
         records += policy.observe(step, SIGNALS, credit)
     return records
 
@@ -72,10 +75,54 @@ def test_per_example_policy_learns_a_different_ratio_for_right_and_wrong_rollout
     assert len(last["reveal_ratios"]) == 16 and set(last["reveal_ratio_by_difficulty"]) <= {"1", "2", "3", "4", "5"}
 
 
-def test_resume_equals_the_uninterrupted_run():
+def test_per_difficulty_state_is_a_one_hot_of_the_level_and_every_level_starts_at_beta_2_2():
+    cfg = ExposureConfig(policy="learned", granularity="per_difficulty", reward="counterfactual")
+    policy = make_exposure_policy(cfg, 10)
+    assert isinstance(policy, PerExampleExposure) and policy.needs_credit
+    level = lambda d: ExampleContext(difficulty=d, correct=True, self_confidence=-0.2, length_fraction=0.5)
+    assert difficulty_one_hot(level(None), 5) == [1, 0, 0, 0, 0, 0]  # unlabelled: row 0
+    assert difficulty_one_hot(level(3), 5) == [0, 0, 0, 1, 0, 0]
+    assert difficulty_one_hot(level(9), 5) == difficulty_one_hot(level(5), 5)  # above the last: the last
+    a, b = policy.network(torch.eye(6))
+    assert torch.allclose(a, torch.full((6,), 2.0)) and torch.allclose(b, torch.full((6,), 2.0))
+    choice = policy.decide(0, _contexts(random.Random(0)))
+    assert len(choice.ratios) == len(choice.counterfactual) == 16
+
+
+@pytest.mark.parametrize("granularity", ["per_example", "per_difficulty"])
+def test_learned_policies_start_at_the_configured_beta(granularity):
+    cfg = ExposureConfig(policy="learned", granularity=granularity, reward="counterfactual", initial_beta_a=6.0,
+                         initial_beta_b=1.2)
+    policy = make_exposure_policy(cfg, 10)
+    policy.decide(0, _contexts(random.Random(0)))
+    a, b = policy.network(torch.tensor(policy._step["states"], dtype=torch.float32))
+    assert torch.allclose(a, torch.full_like(a, 6.0), atol=0.1) and torch.allclose(b, torch.full_like(b, 1.2), atol=0.1)
+
+
+def test_per_difficulty_policy_separates_levels_at_the_toy_budget():
+    """The toy configuration's budget (500 steps, 32 credited rollouts each, policy_lr 3e-2) with the
+    per-level credit slopes measured on the toy world at OPSD step 250 (64-problem probe: levels 1–3
+    prefer more exposure, 4–5 less, level 5 most clearly; docs/toy-world.md section 8.4), in units of
+    the paired difference's noise: every level's Beta moves to the right side of 0.5 on every seed."""
+    slopes = {1: 0.15, 2: 0.2, 3: 0.45, 4: -0.35, 5: -1.5}
+    for seed in range(3):
+        noise = random.Random(100 + seed)
+        cfg = ExposureConfig(policy="learned", granularity="per_difficulty", reward="counterfactual",
+                             policy_lr=3e-2, credit_examples=32, seed=seed)
+        policy = make_exposure_policy(cfg, 500)
+        _drive(policy, 500, lambda c, r: slopes[c.difficulty] * r + noise.gauss(0, 0.5 ** 0.5), seed=seed,
+               examples=32, credited=32)
+        a, b = policy.network(torch.eye(6))
+        mean = (a / (a + b)).tolist()
+        assert mean[3] > 0.6 and mean[4] < 0.4 and mean[5] < 0.3, (seed, mean)
+        assert mean[0] == pytest.approx(0.5)  # no unlabelled example: row 0 never moved
+
+
+@pytest.mark.parametrize("granularity", ["per_example", "per_difficulty"])
+def test_resume_equals_the_uninterrupted_run(granularity):
     import io
 
-    cfg = ExposureConfig(policy="learned", granularity="per_example", reward="counterfactual", seed=3)
+    cfg = ExposureConfig(policy="learned", granularity=granularity, reward="counterfactual", seed=3)
 
     def credit_of(context, ratio):
         return ratio if context.correct else -ratio
@@ -103,6 +150,10 @@ def test_resume_equals_the_uninterrupted_run():
                             tuple(credit_of(contexts[i], choice.counterfactual[i]) for i in range(8)))
         part += second.observe(step, SIGNALS, credit)
     assert part == whole
+    other = make_exposure_policy(ExposureConfig(policy="learned", reward="counterfactual", seed=3, granularity=(
+        "per_example" if granularity == "per_difficulty" else "per_difficulty")), 12)
+    with pytest.raises(ValueError, match="another exposure policy"):
+        other.load_state_dict(full.state_dict())
 
 
 def test_missing_credit_is_an_error():

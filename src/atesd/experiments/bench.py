@@ -88,9 +88,11 @@ METHODS: tuple[Method, ...] = (
     Method("by-difficulty-hard-full", "toy-opsd.yaml", ("exposure.policy=by_difficulty",
                                                         "exposure.difficulty_ratios=[0.5,0.5,0.5,1,1]")),
     Method("atesd", "toy-atesd.yaml"),  # paired counterfactual credit, one global α per step
-    Method("atesd-per-example", "toy-atesd.yaml", ("exposure.granularity=per_example",)),
+    Method("atesd-per-example", "toy-atesd.yaml", ("exposure.granularity=per_example", "exposure.policy_lr=3e-3")),
     Method("atesd-per-difficulty", "toy-atesd-per-difficulty.yaml"),  # one learned Beta per level
-    Method("atesd-fast", "toy-atesd.yaml", ("exposure.policy_lr=1e-2",)),  # the same, 3× the controller's rate
+    Method("atesd-per-difficulty-high-start", "toy-atesd-per-difficulty.yaml",  # start near OPSD, round to nearest
+           ("prompts.reveal_rounding=nearest", "exposure.initial_beta_a=6", "exposure.initial_beta_b=1.2")),
+    Method("atesd-slow", "toy-atesd.yaml", ("exposure.policy_lr=3e-3",)),  # toy-atesd.yaml's rate before 2026-11-29
     Method("atesd-paper", "toy-atesd-paper.yaml"),  # the paper's controller as published
     Method("atesd-discounted", "toy-atesd-paper.yaml",  # the paper's reward with our fixes
            ("exposure.progress_signal=probe_nll", "exposure.lookahead_steps=4", "exposure.grounding_scale=zscore",

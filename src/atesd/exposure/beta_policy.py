@@ -32,10 +32,17 @@ def default_target_entropy() -> float:
     return float(Beta(two, two).entropy())
 
 
-class BetaPolicyNetwork(nn.Module):
-    """f_φ: s [N, F] → (a [N], b [N]) with (a, b) = 1 + softplus(f_φ(s)), F = n_features."""
+def inverse_softplus_of_shape(shape: float) -> float:
+    """w with 1 + softplus(w) = shape (> 1): the output that starts the policy at that Beta shape."""
+    return math.log(math.expm1(shape - 1.0))
 
-    def __init__(self, n_features: int, hidden_size: int, seed: int) -> None:
+
+class BetaPolicyNetwork(nn.Module):
+    """f_φ: s [N, F] → (a [N], b [N]) with (a, b) = 1 + softplus(f_φ(s)), F = n_features; it starts
+    close to Beta(initial_a, initial_b) (the paper: Beta(2, 2))."""
+
+    def __init__(self, n_features: int, hidden_size: int, seed: int, initial_a: float = 2.0,
+                 initial_b: float = 2.0) -> None:
         super().__init__()
         # skip_init + a private generator: building a controller never draws from the global RNG.
         self.layers = nn.Sequential(
@@ -54,7 +61,8 @@ class BetaPolicyNetwork(nn.Module):
                     layer.bias.uniform_(-bound, bound, generator=generator)
             output = self.layers[-1]
             output.weight.mul_(_INITIAL_OUTPUT_SCALE)
-            output.bias.fill_(math.log(math.e - 1.0))  # softplus(bias) = 1 → a = b = 2
+            output.bias.copy_(torch.tensor([inverse_softplus_of_shape(initial_a),  # Beta(2, 2): log(e − 1)
+                                             inverse_softplus_of_shape(initial_b)]))
 
     def forward(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shapes = 1.0 + nn.functional.softplus(self.layers(states))  # [N, 2]
@@ -69,11 +77,12 @@ class BetaPolicyNetwork(nn.Module):
 
 class BetaTable(nn.Module):
     """f_φ for a one-hot state s [N, K]: (a, b) = 1 + softplus(s · W), W [K, 2]; row k of W is group
-    k's Beta, every row starts at Beta(2, 2) (softplus(log(e − 1)) = 1)."""
+    k's Beta, every row starts at Beta(initial_a, initial_b)."""
 
-    def __init__(self, rows: int) -> None:
+    def __init__(self, rows: int, initial_a: float = 2.0, initial_b: float = 2.0) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.full((rows, 2), math.log(math.e - 1.0)))
+        start = torch.tensor([inverse_softplus_of_shape(initial_a), inverse_softplus_of_shape(initial_b)])
+        self.weight = nn.Parameter(start.repeat(rows, 1))
 
     def forward(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shapes = 1.0 + nn.functional.softplus(states @ self.weight)  # [N, 2]

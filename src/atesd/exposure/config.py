@@ -100,6 +100,11 @@ class ExposureConfig:
     # Adam learning rate of the controller parameters φ (the paper's recipe: 1e-3, our choice there;
     # too slow for the decisions one run gives, see docs/algorithm.md).
     policy_lr: float = 1e-2
+    # Beta(a, b) the learned policy starts at (both > 1; the paper: Beta(2, 2), mean 0.5). Ours as an
+    # option: a start near full exposure (e.g. a = 6, b = 1.2, mean 0.83) makes a level without
+    # usable credit stay near OPSD instead of at α ≈ 0.5.
+    initial_beta_a: float = 2.0
+    initial_beta_b: float = 2.0
     # Width of the two hidden layers of the controller MLP f_φ.
     hidden_size: int = 64
     # Decay of the exponential moving averages in the state s: ema ← d·ema + (1 − d)·x.
@@ -139,6 +144,11 @@ class ExposureConfig:
                 raise ValueError(
                     f"exposure.{name} must be > 0 (a Beta shape), got {value}; try 2.0"
                 )
+        for name in ("initial_beta_a", "initial_beta_b"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 1.0):
+                raise ValueError(f"exposure.{name} must be > 1 (the policy's Beta shapes are 1 + softplus(·)), "
+                                 f"got {value}; try 2.0")
         if not self.difficulty_ratios or not all(0.0 <= r <= 1.0 for r in self.difficulty_ratios):
             raise ValueError(f"exposure.difficulty_ratios must be a non-empty list of ratios in [0, 1], "
                              f"got {self.difficulty_ratios}")

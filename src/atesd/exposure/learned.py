@@ -109,7 +109,7 @@ class LearnedExposure:
         self.target_entropy = (
             default_target_entropy() if cfg.target_entropy is None else cfg.target_entropy
         )
-        self.network = BetaPolicyNetwork(N_FEATURES, cfg.hidden_size, cfg.seed)
+        self.network = BetaPolicyNetwork(N_FEATURES, cfg.hidden_size, cfg.seed, cfg.initial_beta_a, cfg.initial_beta_b)
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=cfg.policy_lr)
         self.tracker = ExposureStateTracker(total_steps, cfg.ema_decay)
         self.scales = {"progress": RunningScale(), "grounding": RunningScale(), "paired": RunningScale()}

@@ -18,7 +18,8 @@ The draws of step t come from a private stream seeded by (seed, t), so a resumed
 granularity="per_difficulty" (ours) is the same loop with the contextual network replaced by a
 table (`BetaTable`): the state of example i is the one-hot of its difficulty level k_i (levels
 1 … `difficulty_levels`, higher levels share the last row, an example without a label gets row 0),
-so (a_k, b_k) = 1 + softplus(w_k) is one Beta per level, every level starting at Beta(2, 2), and a
+so (a_k, b_k) = 1 + softplus(w_k) is one Beta per level, every level starting at
+Beta(initial_beta_a, initial_beta_b) (default Beta(2, 2)), and a
 level's Beta moves only with its own examples' paired credit. The ATESD paper's fixed-exposure
 sweep (easy problems prefer α = 1, hard ones less) is the case it is built for; the toy world's
 first-order credit has that shape per level (docs/toy-world.md, section 8.2).
@@ -67,9 +68,10 @@ class PerExampleExposure:
         self.cfg = cfg
         self.per_difficulty = cfg.granularity == "per_difficulty"
         if self.per_difficulty:
-            self.network = BetaTable(cfg.difficulty_levels + 1)
+            self.network = BetaTable(cfg.difficulty_levels + 1, cfg.initial_beta_a, cfg.initial_beta_b)
         else:
-            self.network = BetaPolicyNetwork(N_FEATURES + len(EXAMPLE_FEATURE_NAMES), cfg.hidden_size, cfg.seed)
+            self.network = BetaPolicyNetwork(N_FEATURES + len(EXAMPLE_FEATURE_NAMES), cfg.hidden_size, cfg.seed,
+                                             cfg.initial_beta_a, cfg.initial_beta_b)
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=cfg.policy_lr)
         self.tracker = ExposureStateTracker(total_steps, cfg.ema_decay)
         self.target_entropy = default_target_entropy() if cfg.target_entropy is None else cfg.target_entropy
