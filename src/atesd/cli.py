@@ -243,6 +243,9 @@ def _run_diagnose(args) -> None:
         for part, value in result["parts"].items():
             lo, hi = value["ci95"]
             print(f"  {part}: r = {value['r']:+.3f} (95% CI {lo:+.3f} … {hi:+.3f}, n = {value['n']})")
+        for level, value in result.get("reward_by_difficulty", {}).items():
+            lo, hi = value["ci95"]
+            print(f"  reward, difficulty {level}: r = {value['r']:+.3f} (95% CI {lo:+.3f} … {hi:+.3f}, n = {value['n']})")
         print(json.dumps(result))
         return
     ratios = [float(r) for r in args.ratios.split(",")]

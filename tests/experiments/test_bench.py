@@ -36,7 +36,8 @@ def test_method_table_has_every_method_once():
     names = [m.name for m in METHODS]
     assert names == ["base", "sft", "grpo", "opsd", "fixed-0", "fixed-0.25", "fixed-0.5", "fixed-0.75", "random",
                      "schedule", "schedule-down", "by-difficulty-easy-full", "by-difficulty-hard-full", "atesd", "atesd-per-example",
-                     "atesd-per-difficulty", "atesd-per-difficulty-high-start", "atesd-slow", "atesd-paper", "atesd-discounted",
+                     "atesd-per-difficulty", "atesd-per-difficulty-paper-start",
+                     "atesd-per-difficulty-floor", "atesd-per-difficulty-beta22", "atesd-slow", "atesd-paper", "atesd-discounted",
                      "atesd-one-step", "atesd-no-gt"]
     assert [m.name for m in METHODS if not m.trains] == ["base"]
 
@@ -60,6 +61,10 @@ def test_every_method_config_loads_with_the_same_rollout_budget(tmp_path, tiny_m
         if method.name == "atesd-per-difficulty":
             assert (cfg.exposure.reward, cfg.exposure.granularity, cfg.exposure.credit_examples,
                     cfg.exposure.probe_size) == ("counterfactual", "per_difficulty", 32, 64)
+            assert (cfg.prompts.reveal_rounding, cfg.exposure.initial_beta_a) == ("nearest", 6.0)
+        if method.name == "atesd-per-difficulty-paper-start":  # the paper's rounding and start
+            assert (cfg.prompts.reveal_rounding, cfg.exposure.initial_beta_a, cfg.exposure.initial_beta_b) == (
+                "floor", 2.0, 2.0)
         if method.config == "toy-atesd-paper.yaml":  # the paper's controller and its ablations
             assert cfg.exposure.hold_steps == 4 and cfg.exposure.decisions_per_update == 4
         if method.name == "atesd-paper":

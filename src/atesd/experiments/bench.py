@@ -89,9 +89,13 @@ METHODS: tuple[Method, ...] = (
                                                         "exposure.difficulty_ratios=[0.5,0.5,0.5,1,1]")),
     Method("atesd", "toy-atesd.yaml"),  # paired counterfactual credit, one global α per step
     Method("atesd-per-example", "toy-atesd.yaml", ("exposure.granularity=per_example", "exposure.policy_lr=3e-3")),
-    Method("atesd-per-difficulty", "toy-atesd-per-difficulty.yaml"),  # one learned Beta per level
-    Method("atesd-per-difficulty-high-start", "toy-atesd-per-difficulty.yaml",  # start near OPSD, round to nearest
-           ("prompts.reveal_rounding=nearest", "exposure.initial_beta_a=6", "exposure.initial_beta_b=1.2")),
+    # one learned Beta per level, started at Beta(6, 1.2), α·m rounded to the nearest step; and its ablations
+    Method("atesd-per-difficulty", "toy-atesd-per-difficulty.yaml"),
+    Method("atesd-per-difficulty-paper-start", "toy-atesd-per-difficulty.yaml",
+           ("prompts.reveal_rounding=floor", "exposure.initial_beta_a=2", "exposure.initial_beta_b=2")),
+    Method("atesd-per-difficulty-floor", "toy-atesd-per-difficulty.yaml", ("prompts.reveal_rounding=floor",)),
+    Method("atesd-per-difficulty-beta22", "toy-atesd-per-difficulty.yaml",
+           ("exposure.initial_beta_a=2", "exposure.initial_beta_b=2")),
     Method("atesd-slow", "toy-atesd.yaml", ("exposure.policy_lr=3e-3",)),  # toy-atesd.yaml's rate before 2026-11-29
     Method("atesd-paper", "toy-atesd-paper.yaml"),  # the paper's controller as published
     Method("atesd-discounted", "toy-atesd-paper.yaml",  # the paper's reward with our fixes

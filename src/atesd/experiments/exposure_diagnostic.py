@@ -83,6 +83,13 @@ def reward_correlations(run_dir: str | Path) -> dict:
         if pairs:
             r, lo, hi = correlation_ci([a for a, _ in pairs], [v for _, v in pairs])
             out["parts"][part] = {"r": r, "ci95": [lo, hi], "n": len(pairs)}
+    levels = sorted({c["difficulty"] for c in credits if c.get("difficulty") is not None})
+    if levels:  # per-example credit records: the reward's correlation within each difficulty level
+        out["reward_by_difficulty"] = {}
+        for level in levels:
+            pairs = [(a, c["reward"]) for a, c in zip(alphas, credits) if c.get("difficulty") == level]
+            r, lo, hi = correlation_ci([a for a, _ in pairs], [v for _, v in pairs])
+            out["reward_by_difficulty"][str(level)] = {"r": r, "ci95": [lo, hi], "n": len(pairs)}
     return out
 
 
