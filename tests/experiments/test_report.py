@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from atesd.experiments.report import (beta_pdf, load_run, loss_kl_panels, make_report, run_summary,
+from atesd.experiments.report import (beta_mean_by_level, beta_pdf, load_run, loss_kl_panels, make_report, run_summary,
                                      snapshot_indices, summarize_run)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -206,3 +206,15 @@ def test_rolling_mean_averages_the_last_window_values():
 
     assert rolling_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
     assert rolling_mean([], 5) == []
+
+
+def test_per_level_beta_means_are_read_per_difficulty_and_global_decisions_have_none(tmp_path):
+    decisions = [{"event": "decision", "decision_step": step, "beta_mean": 0.5,
+                  "beta_mean_by_difficulty": {"2": 0.5 + step / 10, "1": 0.5 - step / 10}} for step in range(3)]
+    assert beta_mean_by_level(decisions) == {"1": ([0, 1, 2], [0.5, 0.4, 0.3]), "2": ([0, 1, 2], [0.5, 0.6, 0.7])}
+    assert beta_mean_by_level([{"event": "decision", "decision_step": 0, "beta_mean": 0.5}]) == {}
+    (tmp_path / "exposure.jsonl").write_text("".join(json.dumps({"step": d["decision_step"], **d}) + "\n"
+                                                     for d in decisions))
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "exposure/reveal_ratio": 0.5}) + "\n"
+                                                    for s in range(3)))
+    assert (tmp_path / "plots" / "reveal_ratio.png") in make_report(tmp_path)

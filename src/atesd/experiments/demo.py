@@ -68,7 +68,7 @@ def bench_reference(path: str | Path = BENCH_JSON) -> str:
         by_method.setdefault(result["method"], []).append(result)
     base = {r["seed"]: r for r in by_method.get("base", [])}
     parts = []
-    for name in ("opsd", "random", "atesd", "atesd-per-example"):
+    for name in ("opsd", "random", "atesd", "atesd-per-difficulty"):
         runs = [r for r in by_method.get(name, []) if r["seed"] in base]
         if runs:
             gains = [paired_difference(base[r["seed"]]["test"]["per_problem_accuracy"],

@@ -238,10 +238,22 @@ def rolling_mean(values: list[float], window: int) -> list[float]:
     return out
 
 
+def beta_mean_by_level(decisions: list[dict]) -> dict[str, Series]:
+    """Per difficulty level, the learned Beta's mean at each decision (per-example and per-difficulty
+    policies log `beta_mean_by_difficulty`); {} for a global policy."""
+    out: dict[str, tuple[list[float], list[float]]] = {}
+    for record in decisions:
+        for level, mean in (record.get("beta_mean_by_difficulty") or {}).items():
+            xs, ys = out.setdefault(level, ([], []))
+            xs.append(record["decision_step"])
+            ys.append(mean)
+    return dict(sorted(out.items()))
+
+
 def plot_reveal_ratio(logs: RunLogs, path: Path, window: int = 50) -> Path | None:
     """α per step (faint), its rolling mean over `window` steps, the learned Beta's mean a/(a+b) at
-    each decision, and the decisions' α_raw / α (markers only when there are few: with a new draw
-    every step they would hide the trend)."""
+    each decision (one line per difficulty level for per-level policies), and the decisions' α_raw /
+    α (markers only when there are few: with a new draw every step they would hide the trend)."""
     steps, ratios = _series(logs.metrics, "exposure/reveal_ratio")
     sampled = _series(logs.decisions, "raw_reveal_ratio", "decision_step")
     used = _series(logs.decisions, "reveal_ratio", "decision_step")
@@ -252,7 +264,10 @@ def plot_reveal_ratio(logs: RunLogs, path: Path, window: int = 50) -> Path | Non
     if steps:  # a step line: α is held between decisions
         ax.plot(steps, ratios, color="C0", alpha=0.35, lw=0.8, drawstyle="steps-post", label="exposure/reveal_ratio")
         ax.plot(steps, rolling_mean(ratios, window), color="C0", lw=2.2, label=f"its mean over {window} steps")
-    if beta[0]:
+    levels = beta_mean_by_level(logs.decisions)
+    for index, (level, series) in enumerate(levels.items()):
+        ax.plot(*series, color=f"C{3 + index}", lw=1.6, label=f"learned Beta mean, difficulty {level}")
+    if beta[0] and not levels:
         ax.plot(*beta, color="C3", lw=1.6, label="learned Beta mean a/(a+b)")
     if 0 < len(used[0]) <= 60:
         if sampled[0]:
