@@ -86,8 +86,6 @@ def test_generic_path_builds_from_any_problem_file(tmp_path):
 
 
 def test_the_default_world_ships_with_the_package_and_is_the_codes_default(monkeypatch, tmp_path):
-    from dataclasses import asdict
-
     monkeypatch.setenv("ATESD_CACHE", str(tmp_path / "empty-cache"))
     cfg = ToyWorldConfig(preset="toy-1m")
     world = build.shipped_world(cfg.cache_key())
@@ -96,7 +94,7 @@ def test_the_default_world_ships_with_the_package_and_is_the_codes_default(monke
     assert build_toy_world("toy-1m", progress=False) == world  # returned, not built
     assert not (tmp_path / "empty-cache").exists()
     record = json.loads((world / "world.json").read_text())
-    assert record["config"] == json.loads(json.dumps(asdict(cfg), default=str))
+    assert record["config"] == json.loads(json.dumps(cfg.recorded(), default=str))
     assert record["split_sizes"] == {"train": 20000, "val": 200, "test": 500}
     assert {len(load_problems(path)) for path in world_splits(world).values()} == {20000, 200, 500}
     tokenizer = AutoTokenizer.from_pretrained(world)
@@ -141,3 +139,11 @@ def test_the_warm_start_step_time_grows_with_the_square_of_the_example_length():
     assert abs(default - 32 * 150 / 7000) < 1e-9  # the measured throughput at the reference length
     assert abs(step_seconds_for("toy-1m", 374, 32) / default - (374 / 150) ** 2) < 1e-9  # 0.69 s → 4.3 s (measured 4.2)
     assert step_seconds_for("toy-1m", 75, 32) == default / 2  # shorter: linear, no extra speed-up
+
+
+def test_a_reveal_rounding_other_than_the_floor_is_another_world():
+    from atesd.prompts import PromptConfig
+
+    nearest = ToyWorldConfig(preset="toy-1m", prompts=PromptConfig(reveal_rounding="nearest"))
+    assert nearest.cache_key() != ToyWorldConfig(preset="toy-1m").cache_key()
+    assert nearest.recorded()["prompts"]["reveal_rounding"] == "nearest"

@@ -85,9 +85,18 @@ class ToyWorldConfig:
         if self.data is not None and not Path(self.data).is_file():
             raise FileNotFoundError(f"toy world data file {self.data!r} does not exist")
 
+    def recorded(self) -> dict:
+        """The configuration as world.json records it and the key hashes it. A field added after
+        worlds were shipped is left out at the default that reproduces them (prompts.reveal_rounding
+        = "floor"), so the shipped worlds keep their keys."""
+        content = asdict(self)
+        if content["prompts"].get("reveal_rounding") == "floor":
+            del content["prompts"]["reveal_rounding"]
+        return content
+
     def cache_key(self) -> str:
         """A hex digest of the configuration, the build version and the data file's contents."""
-        content = asdict(self)
+        content = self.recorded()
         content["version"] = BUILD_VERSION
         if self.data is not None:
             content["data"] = hashlib.sha256(Path(self.data).read_bytes()).hexdigest()
@@ -226,7 +235,7 @@ def build_toy_world(cfg: ToyWorldConfig | str | None = None, *, out: str | os.Pa
     staging = atomic.staging_dir(target, "building")  # also removes a killed build's staging folder
     try:
         facts = _build_into(staging, cfg, progress)
-        record = {"key": key, "version": BUILD_VERSION, "config": asdict(cfg), **facts, "built_on": _built_on()}
+        record = {"key": key, "version": BUILD_VERSION, "config": cfg.recorded(), **facts, "built_on": _built_on()}
         atomic.write_json(staging / WORLD_FILE, record)
         atomic.replace_dir(staging, target)
     finally:
