@@ -19,10 +19,10 @@ granularity="per_difficulty" (ours) is the same loop with the contextual network
 table (`BetaTable`): the state of example i is the one-hot of its difficulty level k_i (levels
 1 … `difficulty_levels`, higher levels share the last row, an example without a label gets row 0),
 so (a_k, b_k) = 1 + softplus(w_k) is one Beta per level, every level starting at
-Beta(initial_beta_a, initial_beta_b) (default Beta(2, 2)), and a
-level's Beta moves only with its own examples' paired credit. The ATESD paper's fixed-exposure
-sweep (easy problems prefer α = 1, hard ones less) is the case it is built for; the toy world's
-first-order credit has that shape per level (docs/toy-world.md, section 8.2).
+Beta(initial_beta_a, initial_beta_b) (default Beta(2, 2)), and a level's Beta moves only with its
+own examples' paired credit. The ATESD paper's fixed-exposure sweep (easy problems prefer α = 1,
+hard ones less) is the case it is built for; the toy world's first-order credit has that shape per
+level (docs/toy-world.md, section 8.4).
 """
 
 from __future__ import annotations
