@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from atesd.reveal import reveal
+from atesd.reveal import ROUNDINGS, reveal
 
 DEFAULT_STUDENT_TEMPLATE = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 
@@ -58,8 +58,8 @@ class PromptConfig:
     reveal_rounding: Literal["floor", "nearest"] = "floor"
 
     def __post_init__(self) -> None:
-        if self.reveal_rounding not in ("floor", "nearest"):
-            raise ValueError(f"prompts.reveal_rounding must be 'floor' or 'nearest', got {self.reveal_rounding!r}")
+        if self.reveal_rounding not in ROUNDINGS:
+            raise ValueError(f"prompts.reveal_rounding must be one of {', '.join(ROUNDINGS)}, got {self.reveal_rounding!r}")
         if "{problem}" not in self.student_template:
             raise ValueError("prompts.student_template must contain '{problem}'")
         for field in ("{problem}", "{reference}"):
