@@ -79,3 +79,22 @@ def test_paired_difference_by_difficulty_pools_each_level_separately():
     assert cells[1][0] == pytest.approx(-0.5) and cells[1][2] == 2
     assert cells[5][0] == pytest.approx((0.5 + 1.0 + 0.5 + 0.5) / 4) and cells[5][2] == 4
     assert paired_by_difficulty(groups, "opsd", {"a": 1}) == {}
+
+
+def test_seed_as_unit_takes_one_difference_per_seed_and_the_se_over_seeds():
+    from atesd.experiments.bench_report import over_seeds, per_seed_differences
+
+    groups = {
+        "opsd": [_run("opsd", s, {"a": 0.5, "b": 0.5}) for s in (0, 1, 2)],
+        "atesd": [_run("atesd", 0, {"a": 1.0, "b": 0.5}), _run("atesd", 1, {"a": 0.5, "b": 0.5}),
+                  _run("atesd", 2, {"a": 1.0, "b": 1.0}), _run("atesd", 3, {"a": 0.0, "b": 0.0})],
+    }
+    for runs in groups.values():
+        for run in runs:
+            run["test_last_step"] = run["test"]
+    differences = per_seed_differences(groups, "atesd")
+    assert differences == pytest.approx({0: 0.25, 1: 0.0, 2: 0.5})  # seed 3 has no OPSD run to pair with
+    mean, se, seeds = over_seeds(differences)
+    assert seeds == 3 and mean == pytest.approx(0.25) and se == pytest.approx(0.25 / 3 ** 0.5)
+    assert over_seeds({0: 0.1})[1] is None
+    assert per_seed_differences(groups, "opsd") == {}

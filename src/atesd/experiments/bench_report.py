@@ -17,6 +17,8 @@ Statistics (ours):
   2. A paired difference (against the base or OPSD) pools the (seed, test problem) pairs of the seeds both
      methods ran and calls `atesd.evaluate.paired_difference` on them: its SE is the test-sampling
      noise given the trained models, not the training-seed variance (the std column shows that).
+     Beside it, the seed as the unit (`over_seeds`): each seed's Δ (the mean over the test problems),
+     then their mean ± std/√n over the seeds, which holds the training noise too.
   3. "Tokens to reach GRPO": per seed, the threshold is GRPO's validation accuracy at its last
      validation; a run reaches it at the cumulative rollout tokens of its first validation point at
      or above it. The table shows the mean over the seeds that reached it and how many did.
@@ -24,6 +26,7 @@ Statistics (ours):
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 from typing import Sequence
@@ -99,6 +102,28 @@ def paired_vs_reference(groups: dict[str, list[dict]], name: str, reference_name
         return None
     mean, se = paired_difference(before, after)
     return mean, se, len(before)
+
+
+def per_seed_differences(groups: dict[str, list[dict]], name: str, reference_name: str = REFERENCE,
+                         key: str = "test_last_step") -> dict[int, float]:
+    """Per seed both ran: the mean over the test problems of method − reference (that seed's Δ)."""
+    if reference_name not in groups or name == reference_name:
+        return {}
+    reference = {r["seed"]: _test(r, key)["per_problem_accuracy"] for r in groups[reference_name]}
+    out = {}
+    for run in groups[name]:
+        if run["seed"] in reference:
+            mine = _test(run, key)["per_problem_accuracy"]
+            out[run["seed"]] = statistics.fmean(mine[pid] - reference[run["seed"]][pid] for pid in mine)
+    return out
+
+
+def over_seeds(differences: dict[int, float]) -> tuple[float, float | None, int]:
+    """(mean, SE, seeds) of per-seed differences with the seed as the unit: SE = std / √n over the seeds,
+    which holds the training noise as well as the test sampling (None for one seed)."""
+    values = list(differences.values())
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+    return statistics.fmean(values), se, len(values)
 
 
 def paired_by_difficulty(groups: dict[str, list[dict]], name: str, difficulty: dict[str, int],
@@ -225,15 +250,18 @@ def markdown(groups: dict[str, list[dict]], meta: dict, plots: Sequence[str] = P
                          else "No learned controller is in this bench.")
             continue
         lines += [f"| method | Δ vs {short} | SE | (seed, problem) pairs | significant (abs Δ > 2·SE) "
-                  f"| Δ vs {short}, last steps ± SE |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+                  f"| Δ vs {short}, last steps ± SE | last steps, seed as unit: mean ± SE (seeds) |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for name in compared:
             diff = paired_vs_reference(groups, name, reference)
             if diff is not None:
                 mean, se, n = diff
                 last_mean, last_se, _ = paired_vs_reference(groups, name, reference, "test_last_step")
+                seed_mean, seed_se, seeds = over_seeds(per_seed_differences(groups, name, reference))
+                by_seed = f"{100 * seed_mean:+.1f} ± {100 * seed_se:.1f} ({seeds})" if seed_se is not None else "–"
                 lines.append(f"| {name} | {100 * mean:+.1f} | {100 * se:.1f} | {n} | "
-                             f"{'yes' if abs(mean) > 2 * se else 'no'} | {100 * last_mean:+.1f} ± {100 * last_se:.1f} |")
+                             f"{'yes' if abs(mean) > 2 * se else 'no'} | {100 * last_mean:+.1f} ± {100 * last_se:.1f} "
+                             f"| {by_seed} |")
 
     difficulty = meta.get("test_difficulty") or {}
     if REFERENCE in groups and difficulty:
