@@ -98,3 +98,22 @@ def test_seed_as_unit_takes_one_difference_per_seed_and_the_se_over_seeds():
     assert seeds == 3 and mean == pytest.approx(0.25) and se == pytest.approx(0.25 / 3 ** 0.5)
     assert over_seeds({0: 0.1})[1] is None
     assert per_seed_differences(groups, "opsd") == {}
+
+
+def test_markdown_shows_each_seed_difference_and_their_mean_with_the_se_over_seeds():
+    from dataclasses import asdict
+
+    from atesd.experiments.bench import QUICK_BUDGET, machine_info
+    from atesd.experiments.bench_report import markdown
+
+    def run(method, seed, accuracies):
+        test = {"average_at_k": sum(accuracies) / len(accuracies), "per_difficulty": {},
+                "per_problem_accuracy": dict(enumerate(accuracies))}
+        return {"method": method, "seed": seed, "exposure_policy": "fixed", "chosen_step": 4, "test": test,
+                "test_last_step": test, "rollout_tokens_to_chosen": 1, "rollout_tokens_total": 1, "val_curve": []}
+
+    groups = {"opsd": [run("opsd", s, [0.5, 0.5]) for s in (0, 1, 2)],
+              "sft": [run("sft", 0, [1.0, 0.5]), run("sft", 1, [0.5, 0.5]), run("sft", 2, [1.0, 1.0])]}
+    meta = {"command": "c", "machine": machine_info(), "date": "d", "seeds": [0, 1, 2], "budget": asdict(QUICK_BUDGET)}
+    section = markdown(groups, meta, plots=()).split("### Paired difference against OPSD")[1].split("###")[0]
+    assert f"| +25.0 / +0.0 / +50.0 → +25.0 ± {100 * 0.25 / 3 ** 0.5:.1f} |" in section

@@ -109,13 +109,11 @@ def per_seed_differences(groups: dict[str, list[dict]], name: str, reference_nam
     """Per seed both ran: the mean over the test problems of method − reference (that seed's Δ)."""
     if reference_name not in groups or name == reference_name:
         return {}
-    reference = {r["seed"]: _test(r, key)["per_problem_accuracy"] for r in groups[reference_name]}
-    out = {}
-    for run in groups[name]:
-        if run["seed"] in reference:
-            mine = _test(run, key)["per_problem_accuracy"]
-            out[run["seed"]] = statistics.fmean(mine[pid] - reference[run["seed"]][pid] for pid in mine)
-    return out
+    before, after, _ = _pooled_pairs(groups, name, reference_name, key)
+    by_seed: dict[int, list[float]] = {}
+    for pair in before:  # pairs are keyed "seed/problem id"
+        by_seed.setdefault(int(pair.split("/", 1)[0]), []).append(after[pair] - before[pair])
+    return {seed: statistics.fmean(deltas) for seed, deltas in by_seed.items()}
 
 
 def over_seeds(differences: dict[int, float]) -> tuple[float, float | None, int]:
@@ -250,15 +248,17 @@ def markdown(groups: dict[str, list[dict]], meta: dict, plots: Sequence[str] = P
                          else "No learned controller is in this bench.")
             continue
         lines += [f"| method | Δ vs {short} | SE | (seed, problem) pairs | significant (abs Δ > 2·SE) "
-                  f"| Δ vs {short}, last steps ± SE | last steps, seed as unit: mean ± SE (seeds) |",
+                  f"| Δ vs {short}, last steps ± SE | last steps per seed → their mean ± SE |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for name in compared:
             diff = paired_vs_reference(groups, name, reference)
             if diff is not None:
                 mean, se, n = diff
                 last_mean, last_se, _ = paired_vs_reference(groups, name, reference, "test_last_step")
-                seed_mean, seed_se, seeds = over_seeds(per_seed_differences(groups, name, reference))
-                by_seed = f"{100 * seed_mean:+.1f} ± {100 * seed_se:.1f} ({seeds})" if seed_se is not None else "–"
+                per_seed = per_seed_differences(groups, name, reference)
+                seed_mean, seed_se, _ = over_seeds(per_seed)
+                by_seed = " / ".join(f"{100 * d:+.1f}" for d in per_seed.values()) + (
+                    f" → {100 * seed_mean:+.1f} ± {100 * seed_se:.1f}" if seed_se is not None else "")
                 lines.append(f"| {name} | {100 * mean:+.1f} | {100 * se:.1f} | {n} | "
                              f"{'yes' if abs(mean) > 2 * se else 'no'} | {100 * last_mean:+.1f} ± {100 * last_se:.1f} "
                              f"| {by_seed} |")
