@@ -7,6 +7,13 @@ most 128 new tokens (the toy configs' rollout length), sampling seed 1234, 256 s
 generation call (`atesd.evaluate` derives each call's seed from the seed and the call's index, so
 the batch size is part of the protocol). Two models evaluated under it are paired problem by
 problem (`atesd.evaluate.paired_difference`).
+
+`TOY_PROTOCOL_LARGE` (`toy-large-avg16`) is the protocol of the confirmatory test of
+docs/toy-world.md section 9.2, for differences between two trained models below what toy-avg8
+resolves: Average@16 on the 2,000 problems of the world's second held-out split `test-large`
+(levels 2–5, 500 each; `atesd.toy.build.large_test_split`), otherwise as toy-avg8. Its figures are
+never compared with toy-avg8's. `PROTOCOLS` names both; `benchmarks/bench_reevaluate.py` evaluates
+a bench's saved models under either.
 """
 
 from __future__ import annotations
@@ -57,6 +64,8 @@ class EvalProtocol:
 
 
 TOY_PROTOCOL = EvalProtocol(name="toy-avg8")
+TOY_PROTOCOL_LARGE = EvalProtocol(name="toy-large-avg16", split="test-large", n_problems=2000, k=16)
+PROTOCOLS = {protocol.name: protocol for protocol in (TOY_PROTOCOL, TOY_PROTOCOL_LARGE)}
 
 
 def evaluate_under(protocol: EvalProtocol, model_or_dir, problems: list[Problem], prompts: PromptConfig,

@@ -6,6 +6,7 @@ of its data:
 
     <world>/config.json, model.safetensors, tokenizer.json, ...   the warm-started model
     <world>/data/train.jsonl, val.jsonl, test.jsonl              atesd.data Problem records
+    <world>/data/test-large.jsonl                                a larger held-out test (toy task)
     <world>/world.json                                           the configuration, its hash, timings
 
 Worlds are cached under `$ATESD_CACHE/toy/<hash>` (default `~/.cache/atesd/toy/<hash>`), keyed by a
@@ -47,6 +48,7 @@ WORLD_FILE = "world.json"
 SHIPPED_DIR = Path(__file__).resolve().parent / "worlds"  # worlds built once and shipped
 DATA_DIR = "data"
 SPLITS = ("train", "val", "test")
+LARGE_TEST = "test-large"  # a second held-out test split, for differences the test split cannot resolve
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,20 @@ def _toy_splits(cfg: ToyWorldConfig) -> dict[str, list[Problem]]:
     return splits
 
 
+def large_test_split(held_out: set[str], cfg: ToyWorldConfig, per_level: int = 500) -> list[Problem]:
+    """A second held-out test split: `per_level` problems on each level from 2 up (2,000 for the
+    toy task), drawn after the other splits and skipping every problem text they hold. Level 1 is
+    left out: of its ~1,200 distinct problems the train split holds nearly all that val and test do
+    not (15 on the shipped world), so no level-1 block of this size can be held out."""
+    levels = [level for level in cfg.task.levels if level >= 2]
+    fresh: dict[str, Problem] = {}
+    for p in task.toy_problems(2 * per_level * len(levels), cfg.seed, cfg.task, split=LARGE_TEST, levels=levels):
+        if p.problem not in held_out:
+            fresh.setdefault(p.problem, p)
+    kept = [p for level in levels for p in [q for q in fresh.values() if q.difficulty == level][:per_level]]
+    return sorted(kept, key=lambda p: p.id)
+
+
 def _level_shares(problems: list[Problem], n: int, task_cfg: task.TaskConfig) -> list[Problem]:
     """The first n problems keeping equal shares per level (the first levels get the remainder)."""
     levels = list(task_cfg.levels)
@@ -182,6 +198,9 @@ def _build_into(directory: Path, cfg: ToyWorldConfig, progress: bool) -> dict:
     splits = _file_splits(cfg) if cfg.data is not None else _toy_splits(cfg)
     for name in SPLITS:
         write_problems(directory / DATA_DIR / f"{name}.jsonl", splits[name])
+    if cfg.data is None:  # a pure function of the splits: drawing it changes nothing else the build makes
+        held = {p.problem for name in SPLITS for p in splits[name]}
+        write_problems(directory / DATA_DIR / f"{LARGE_TEST}.jsonl", large_test_split(held, cfg))
     tokenizer = train_tokenizer(tokenizer_corpus(splits["train"], cfg.prompts), vocab_size=cfg.vocab_size)
     model = build_model(cfg.preset, tokenizer, seed=cfg.seed)
     examples = example_stream(splits["train"], tokenizer, cfg.prompts, cfg.warm_start, cfg.seed)
