@@ -37,6 +37,9 @@ def test_world_loads_offline_and_its_splits_are_disjoint(tmp_path):
     texts = [{p.problem for p in splits[n]} for n in ("train", "val", "test")]
     assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
     assert {p.difficulty for p in splits["test"]} == {1, 2, 3, 4, 5}
+    large = load_problems(world / "data" / f"{build.LARGE_TEST}.jsonl")  # n_test per level, levels 2-5
+    assert sorted(p.difficulty for p in large) == [level for level in (2, 3, 4, 5) for _ in range(10)]
+    assert not {p.problem for p in large} & set().union(*texts) and len({p.problem for p in large}) == 40
     record = json.loads((world / "world.json").read_text())
     assert record["key"] == TINY.cache_key() and record["config"]["preset"] == "toy-test"
 
@@ -100,6 +103,9 @@ def test_the_default_world_ships_with_the_package_and_is_the_codes_default(monke
     tokenizer = AutoTokenizer.from_pretrained(world)
     model = AutoModelForCausalLM.from_pretrained(world)
     assert len(tokenizer) == record["vocab_size"] and model.num_parameters() == record["parameters"]
+    held = {p.problem for path in world_splits(world).values() for p in load_problems(path)}
+    write_problems(tmp_path / "large.jsonl", build.large_test_split(held, cfg))  # what a build of it writes
+    assert (tmp_path / "large.jsonl").read_bytes() == (world / "data" / f"{build.LARGE_TEST}.jsonl").read_bytes()
     copied = build_toy_world("toy-1m", out=tmp_path / "copy", progress=False)
     assert (copied / "model.safetensors").read_bytes() == (world / "model.safetensors").read_bytes()
 

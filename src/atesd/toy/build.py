@@ -153,12 +153,12 @@ def _toy_splits(cfg: ToyWorldConfig) -> dict[str, list[Problem]]:
     return splits
 
 
-def large_test_split(held_out: set[str], cfg: ToyWorldConfig, per_level: int = 500) -> list[Problem]:
-    """A second held-out test split: `per_level` problems on each level from 2 up (2,000 for the
-    toy task), drawn after the other splits and skipping every problem text they hold. Level 1 is
+def large_test_split(held_out: set[str], cfg: ToyWorldConfig) -> list[Problem]:
+    """A second held-out test split: n_test problems on each level from 2 up (2,000 for the
+    default world), drawn after the other splits and skipping every problem text they hold. Level 1 is
     left out: of its ~1,200 distinct problems the train split holds nearly all that val and test do
     not (15 on the shipped world), so no level-1 block of this size can be held out."""
-    levels = [level for level in cfg.task.levels if level >= 2]
+    levels, per_level = [level for level in cfg.task.levels if level >= 2], cfg.n_test
     fresh: dict[str, Problem] = {}
     for p in task.toy_problems(2 * per_level * len(levels), cfg.seed, cfg.task, split=LARGE_TEST, levels=levels):
         if p.problem not in held_out:
