@@ -1,5 +1,6 @@
-"""Add the last step's test evaluation (`test_last_step`) to every result.json of a bench folder that
-lacks it (results written before `atesd bench` recorded it), then rewrite the bench report.
+"""Add the last step's test evaluation (`test_last_step`) and the learned Beta's final means
+(`final_beta_mean`) to every result.json of a bench folder that lacks them (results written before
+`atesd bench` recorded them), then rewrite the bench report.
 
     python benchmarks/bench_last_step.py runs/bench-toy
 
@@ -15,7 +16,8 @@ import json
 from pathlib import Path
 
 from atesd import atomic
-from atesd.experiments.bench import METHODS, PLAN_FILE, RESULT_FILE, BenchBudget, Method, last_step_test, machine_info
+from atesd.experiments.bench import (METHODS, PLAN_FILE, RESULT_FILE, BenchBudget, Method, final_beta_mean,
+                                    last_step_test, machine_info)
 from atesd.experiments.bench_report import write_report
 from atesd.experiments.protocol import EvalProtocol
 from atesd.prompts import PromptConfig
@@ -26,19 +28,24 @@ def main() -> None:
     parser.add_argument("bench_dir")
     args = parser.parse_args()
     out = Path(args.bench_dir)
-    plan = json.loads((out / PLAN_FILE).read_text())
+    plan_file = out / PLAN_FILE if (out / PLAN_FILE).is_file() else out / "bench.json"  # merged benches have no plan
+    plan = {k: v for k, v in json.loads(plan_file.read_text()).items() if k != "results"}
     budget = BenchBudget(**{**plan["budget"], "test": EvalProtocol(**plan["budget"]["test"])})
-    test = budget.test.problems(plan["data_dir"])
+    test = None  # loaded when a result lacks its last step's test
     results = []
     for path in sorted(out.glob(f"*/*/{RESULT_FILE}")):
         result = json.loads(path.read_text())
         if "test_last_step" not in result:
             method = Method(result["method"], result["config"], tuple(result["overrides"]),
                             trains=result["method"] != "base")
+            test = test if test is not None else budget.test.problems(plan["data_dir"])
             result["test_last_step"] = last_step_test(method, budget, path.parent, result["chosen_step"],
                                                       result["test"], test, PromptConfig())
             atomic.write_json(path, result)
             print(f"{path.parent}: last step {result['test_last_step'] and result['test_last_step']['average_at_k']}")
+        if "final_beta_mean" not in result:
+            result["final_beta_mean"] = final_beta_mean(path.parent)
+            atomic.write_json(path, result)
         results.append(result)
     order = {m.name: i for i, m in enumerate(METHODS)}
     results.sort(key=lambda r: (order.get(r["method"], len(order)), r["seed"]))

@@ -230,7 +230,22 @@ def training_record(run_dir: Path, chosen_step: int) -> dict:
         if record.get("exposure/reveal_ratio") is not None:
             ratios.append([record["step"], float(record["exposure/reveal_ratio"])])
     return {"rollout_tokens_to_chosen": to_chosen, "rollout_tokens_total": tokens, "val_curve": curve,
-            "reveal_ratios": ratios}
+            "reveal_ratios": ratios, "final_beta_mean": final_beta_mean(run_dir)}
+
+
+def final_beta_mean(run_dir: Path) -> dict | None:
+    """The learned controller's Beta mean E[α] = a / (a + b) at the run's last decision ("all") and,
+    for per-example and per-difficulty policies, each level's last logged value ("by_difficulty");
+    None for a run without a learned controller (no Beta in exposure.jsonl)."""
+    from atesd.experiments.report import beta_mean_by_level, load_run
+
+    if not (run_dir / "exposure.jsonl").is_file():
+        return None
+    learned = [d for d in load_run(run_dir).decisions if d.get("beta_mean") is not None]
+    if not learned:
+        return None
+    by_level = {level: ys[-1] for level, (_, ys) in beta_mean_by_level(learned).items()}
+    return {"decision_step": learned[-1]["decision_step"], "all": learned[-1]["beta_mean"], "by_difficulty": by_level}
 
 
 def run_one(method: Method, seed: int, budget: BenchBudget, run_dir: Path, model_dir: str, data_dir: str,
@@ -254,7 +269,8 @@ def run_one(method: Method, seed: int, budget: BenchBudget, run_dir: Path, model
         validation = _validation_protocol(budget, seed)
         val_best = evaluate_under(validation, chosen_dir, validation.problems(data_dir), cfg.prompts).average_at_k
         record = {"rollout_tokens_to_chosen": 0, "rollout_tokens_total": 0,
-                  "val_curve": [{"step": 0, "tokens": 0, "val_accuracy": val_best}], "reveal_ratios": []}
+                  "val_curve": [{"step": 0, "tokens": 0, "val_accuracy": val_best}], "reveal_ratios": [],
+                  "final_beta_mean": None}
     train_seconds = time.perf_counter() - started
     report = evaluate_under(budget.test, chosen_dir, test, cfg.prompts)
     last = last_step_test(method, budget, run_dir, chosen_step, report.to_dict(), test, cfg.prompts)
