@@ -16,9 +16,9 @@ import json
 from pathlib import Path
 
 from atesd import atomic
-from atesd.experiments.bench import (METHODS, PLAN_FILE, RESULT_FILE, BenchBudget, Method, final_beta_mean,
-                                    last_step_test, machine_info)
+from atesd.experiments.bench import METHODS, PLAN_FILE, RESULT_FILE, BenchBudget, Method, last_step_test, machine_info
 from atesd.experiments.bench_report import write_report
+from atesd.experiments.report import final_beta_mean
 from atesd.experiments.protocol import EvalProtocol
 from atesd.prompts import PromptConfig
 

@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         done = json.loads(out_path.read_text()) if out_path.is_file() else None
         if done is None or done["test"].get("meta", {}).get("protocol") != protocol.to_dict():
             done = reevaluate_run(path, out_path, protocol, steps, base_model, problems, PromptConfig())
-            print(f"{path.parent}: {protocol.name} last step {(done.get('test_last_step') or done['test'])['average_at_k']:.4f}",
-                  flush=True)
+            last = done.get("test_last_step") or done["test"]
+            print(f"{path.parent}: {protocol.name} last step {last['average_at_k']:.4f}", flush=True)
         results.append(done)
     if not results:
         raise SystemExit(f"{args.bench_dir}: no <seed>/<method>/{RESULT_FILE} to re-evaluate")

@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from atesd.experiments.bench import (FULL_BUDGET, METHODS, QUICK_BUDGET, final_beta_mean, method_config,
-                                    planned_seconds, run_bench)
-from atesd.experiments.bench_report import PLOTS, tokens_to_reach
+from atesd.experiments.bench import FULL_BUDGET, METHODS, QUICK_BUDGET, method_config, planned_seconds, run_bench
+from atesd.experiments.bench_report import PLOTS
+from atesd.experiments.bench_stats import tokens_to_reach
 from atesd.data import write_problems
 from atesd.toy.task import toy_problems
 
@@ -133,16 +133,6 @@ def test_quick_bench_writes_results_report_and_plots(quick_bench):
         assert needle in text
     for plot in PLOTS:
         assert (out / plot).stat().st_size > 1000
-
-
-def test_final_beta_mean_takes_each_levels_last_logged_value(tmp_path):
-    records = [{"event": "decision", "decision_step": 0, "beta_mean": 0.7, "beta_mean_by_difficulty": {"1": 0.8, "5": 0.6}},
-               {"event": "credit", "decision_step": 0, "difficulty": 5},
-               {"event": "decision", "decision_step": 1, "beta_mean": 0.75, "beta_mean_by_difficulty": {"1": 0.9}}]
-    (tmp_path / "exposure.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    assert final_beta_mean(tmp_path) == {"decision_step": 1, "all": 0.75, "by_difficulty": {"1": 0.9, "5": 0.6}}
-    (tmp_path / "exposure.jsonl").write_text(json.dumps({"event": "decision", "decision_step": 0, "reveal_ratio": 1.0}))
-    assert final_beta_mean(tmp_path) is None  # a fixed exposure logs no Beta
 
 
 def test_tokens_to_reach_grpo_uses_the_first_validation_point_at_or_above_its_final_accuracy():

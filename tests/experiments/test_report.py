@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from atesd.experiments.report import (beta_mean_by_level, beta_pdf, load_run, loss_kl_panels, make_report, run_summary,
-                                     snapshot_indices, summarize_run)
+from atesd.experiments.report import (beta_mean_by_level, beta_pdf, final_beta_mean, load_run, loss_kl_panels,
+                                     make_report, run_summary, snapshot_indices, summarize_run)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STEPS = 20
@@ -218,3 +218,13 @@ def test_per_level_beta_means_are_read_per_difficulty_and_global_decisions_have_
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "exposure/reveal_ratio": 0.5}) + "\n"
                                                     for s in range(3)))
     assert (tmp_path / "plots" / "reveal_ratio.png") in make_report(tmp_path)
+
+
+def test_final_beta_mean_takes_each_levels_last_logged_value(tmp_path):
+    records = [{"event": "decision", "decision_step": 0, "beta_mean": 0.7, "beta_mean_by_difficulty": {"1": 0.8, "5": 0.6}},
+               {"event": "credit", "decision_step": 0, "difficulty": 5},
+               {"event": "decision", "decision_step": 1, "beta_mean": 0.75, "beta_mean_by_difficulty": {"1": 0.9}}]
+    (tmp_path / "exposure.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert final_beta_mean(tmp_path) == {"decision_step": 1, "all": 0.75, "by_difficulty": {"1": 0.9, "5": 0.6}}
+    (tmp_path / "exposure.jsonl").write_text(json.dumps({"event": "decision", "decision_step": 0, "reveal_ratio": 1.0}))
+    assert final_beta_mean(tmp_path) is None  # a fixed exposure logs no Beta

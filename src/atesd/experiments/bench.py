@@ -219,6 +219,8 @@ def _metrics_by_step(run_dir: Path) -> list[dict]:
 def training_record(run_dir: Path, chosen_step: int) -> dict:
     """Rollout tokens to the chosen step (steps 0 … chosen_step − 1) and in total, the validation
     curve [(step, cumulative rollout tokens, val Average@k)] and the reveal ratio per step."""
+    from atesd.experiments.report import final_beta_mean
+
     tokens, to_chosen, curve, ratios = 0, 0, [], []
     for record in _metrics_by_step(run_dir):
         tokens += int(record.get("rollout/tokens", 0))
@@ -232,20 +234,6 @@ def training_record(run_dir: Path, chosen_step: int) -> dict:
     return {"rollout_tokens_to_chosen": to_chosen, "rollout_tokens_total": tokens, "val_curve": curve,
             "reveal_ratios": ratios, "final_beta_mean": final_beta_mean(run_dir)}
 
-
-def final_beta_mean(run_dir: Path) -> dict | None:
-    """The learned controller's Beta mean E[α] = a / (a + b) at the run's last decision ("all") and,
-    for per-example and per-difficulty policies, each level's last logged value ("by_difficulty");
-    None for a run without a learned controller (no Beta in exposure.jsonl)."""
-    from atesd.experiments.report import beta_mean_by_level, load_run
-
-    if not (run_dir / "exposure.jsonl").is_file():
-        return None
-    learned = [d for d in load_run(run_dir).decisions if d.get("beta_mean") is not None]
-    if not learned:
-        return None
-    by_level = {level: ys[-1] for level, (_, ys) in beta_mean_by_level(learned).items()}
-    return {"decision_step": learned[-1]["decision_step"], "all": learned[-1]["beta_mean"], "by_difficulty": by_level}
 
 
 def run_one(method: Method, seed: int, budget: BenchBudget, run_dir: Path, model_dir: str, data_dir: str,

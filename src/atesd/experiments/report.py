@@ -250,6 +250,19 @@ def beta_mean_by_level(decisions: list[dict]) -> dict[str, Series]:
     return dict(sorted(out.items()))
 
 
+def final_beta_mean(run_dir: str | Path) -> dict | None:
+    """The learned controller's Beta mean E[α] = a / (a + b) at the run's last decision ("all") and,
+    for per-example and per-difficulty policies, each level's last logged value ("by_difficulty");
+    None for a run without a learned controller (no Beta in exposure.jsonl)."""
+    if not (Path(run_dir) / "exposure.jsonl").is_file():
+        return None
+    learned = [d for d in load_run(run_dir).decisions if d.get("beta_mean") is not None]
+    if not learned:
+        return None
+    by_level = {level: ys[-1] for level, (_, ys) in beta_mean_by_level(learned).items()}
+    return {"decision_step": learned[-1]["decision_step"], "all": learned[-1]["beta_mean"], "by_difficulty": by_level}
+
+
 def plot_reveal_ratio(logs: RunLogs, path: Path, window: int = 50) -> Path | None:
     """α per step (faint), its rolling mean over `window` steps, the learned Beta's mean a/(a+b) at
     each decision (one line per difficulty level for per-level policies), and the decisions' α_raw /
