@@ -38,11 +38,12 @@ def _model_dirs(run_dir: Path, result: dict, steps: int, base_model: Path) -> di
 
 
 def reevaluate_run(path: Path, out_path: Path, protocol: EvalProtocol, steps: int, base_model: Path,
-                   problems, prompts: PromptConfig) -> dict:
-    """One run's result.json under `protocol`, written atomically to `out_path`."""
+                   problems, prompts: PromptConfig, by_model: dict[Path, dict]) -> dict:
+    """One run's result.json under `protocol`, written atomically to `out_path`. `by_model` holds the
+    reports of models already evaluated (the chosen checkpoint is often the last step, and every
+    seed's base row is the same model): each is evaluated once."""
     result = json.loads(path.read_text())
     reports: dict[str, dict] = {}
-    by_model: dict[Path, dict] = {}  # the chosen checkpoint is often the last step: evaluated once
     for key, model_dir in _model_dirs(path.parent, result, steps, base_model).items():
         if model_dir not in by_model:
             if not (model_dir / "model.safetensors").is_file():
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     data_dir = args.data_dir or Path(meta["data_dir"])
     problems = protocol.problems(data_dir)
     steps = meta["budget"]["steps"]
-    results = []
+    results, by_model = [], {}
     for path in sorted(args.bench_dir.glob(f"*/*/{RESULT_FILE}")):
         seed, method = path.parent.parent.name, path.parent.name
         if args.methods and method not in args.methods:
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         out_path = args.out / seed / method / RESULT_FILE
         done = json.loads(out_path.read_text()) if out_path.is_file() else None
         if done is None or done["test"].get("meta", {}).get("protocol") != protocol.to_dict():
-            done = reevaluate_run(path, out_path, protocol, steps, base_model, problems, PromptConfig())
+            done = reevaluate_run(path, out_path, protocol, steps, base_model, problems, PromptConfig(), by_model)
             last = done.get("test_last_step") or done["test"]
             print(f"{path.parent}: {protocol.name} last step {last['average_at_k']:.4f}", flush=True)
         results.append(done)
