@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     bench_file = args.bench_dir / "bench.json"
     if not bench_file.is_file():
         raise SystemExit(f"{bench_file}: no such file; re-evaluation starts from a bench folder")
-    meta = {k: v for k, v in json.loads(bench_file.read_text()).items() if k != "results"}
+    # the levels of the old protocol's test problems (test_difficulty) are recomputed for the new one's
+    meta = {k: v for k, v in json.loads(bench_file.read_text()).items() if k not in ("results", "test_difficulty")}
     protocol = PROTOCOLS[args.protocol]
     base_model = args.model_dir or Path(meta["model_dir"])
     data_dir = args.data_dir or Path(meta["data_dir"])

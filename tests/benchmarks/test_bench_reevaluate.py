@@ -21,7 +21,7 @@ from atesd.experiments.bench import QUICK_BUDGET, run_bench  # noqa: E402
 from atesd.toy.task import toy_problems  # noqa: E402
 
 QUICK = QUICK_BUDGET.test
-MORE_SAMPLES = replace(QUICK, name="quick-k4", k=4)
+MORE_SAMPLES = replace(QUICK, name="quick-k4", k=4, n_problems=5)  # more samples, fewer problems
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +61,11 @@ def test_another_protocol_becomes_the_budget_test_and_the_replaced_figures_are_k
     written = json.loads((out / "bench.json").read_text())
     assert written["budget"]["test"] == MORE_SAMPLES.to_dict() and written["methods"] == ["opsd"]
     assert "bench_reevaluate.py" in written["command"] and (out / "BENCHMARKS-toy.md").is_file()
+    assert len(written["test_difficulty"]) == 5  # the levels of the new protocol's problems, not the bench's 8
     old = _results(bench)
     for (method, seed), result in _results(out).items():
         assert result["test"]["k"] == 4 and result["test"]["meta"]["protocol"]["name"] == "quick-k4"
+        assert len(result["test"]["per_problem_accuracy"]) == 5
         assert result["replaced_tests"]["test"]["average_at_k"] == old[method, seed]["test"]["average_at_k"]
         assert result["val_curve"] == old[method, seed]["val_curve"]  # training records are the bench's
     stamp = {p: p.stat().st_mtime_ns for p in out.glob("*/*/result.json")}
