@@ -35,16 +35,17 @@ def main() -> None:
     results = []
     for path in sorted(out.glob(f"*/*/{RESULT_FILE}")):
         result = json.loads(path.read_text())
-        if "test_last_step" not in result:
+        missing = {"test_last_step", "final_beta_mean"} - result.keys()
+        if "test_last_step" in missing:
             method = Method(result["method"], result["config"], tuple(result["overrides"]),
                             trains=result["method"] != "base")
             test = test if test is not None else budget.test.problems(plan["data_dir"])
             result["test_last_step"] = last_step_test(method, budget, path.parent, result["chosen_step"],
                                                       result["test"], test, PromptConfig())
-            atomic.write_json(path, result)
             print(f"{path.parent}: last step {result['test_last_step'] and result['test_last_step']['average_at_k']}")
-        if "final_beta_mean" not in result:
+        if "final_beta_mean" in missing:
             result["final_beta_mean"] = final_beta_mean(path.parent)
+        if missing:
             atomic.write_json(path, result)
         results.append(result)
     order = {m.name: i for i, m in enumerate(METHODS)}

@@ -235,7 +235,6 @@ def training_record(run_dir: Path, chosen_step: int) -> dict:
             "reveal_ratios": ratios, "final_beta_mean": final_beta_mean(run_dir)}
 
 
-
 def run_one(method: Method, seed: int, budget: BenchBudget, run_dir: Path, model_dir: str, data_dir: str,
             config_dir: Path, overrides: Sequence[str] = ()) -> dict:
     """Train (or resume), choose `best/` by validation, evaluate it under the budget's test protocol,

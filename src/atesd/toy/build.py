@@ -141,11 +141,8 @@ def _toy_splits(cfg: ToyWorldConfig) -> dict[str, list[Problem]]:
     splits: dict[str, list[Problem]] = {}
     held_out: set[str] = set()
     for name, n in (("test", cfg.n_test), ("val", cfg.n_val)):
-        fresh = {}
-        for p in task.toy_problems(2 * n, cfg.seed, cfg.task, split=name):
-            if p.problem not in held_out:
-                fresh.setdefault(p.problem, p)
-        splits[name] = _level_shares(list(fresh.values()), n, cfg.task)
+        drawn = task.toy_problems(2 * n, cfg.seed, cfg.task, split=name)
+        splits[name] = _level_shares(_unseen(drawn, held_out), n, list(cfg.task.levels))
         held_out |= {p.problem for p in splits[name]}
     train = [p for p in task.toy_problems(cfg.n_train + cfg.n_train // 5, cfg.seed, cfg.task, split="train")
              if p.problem not in held_out]
@@ -158,18 +155,23 @@ def large_test_split(held_out: set[str], cfg: ToyWorldConfig) -> list[Problem]:
     default world), drawn after the other splits and skipping every problem text they hold. Level 1 is
     left out: of its ~1,200 distinct problems the train split holds nearly all that val and test do
     not (15 on the shipped world), so no level-1 block of this size can be held out."""
-    levels, per_level = [level for level in cfg.task.levels if level >= 2], cfg.n_test
+    levels = [level for level in cfg.task.levels if level >= 2]
+    n = cfg.n_test * len(levels)
+    drawn = task.toy_problems(2 * n, cfg.seed, cfg.task, split=LARGE_TEST, levels=levels)
+    return _level_shares(_unseen(drawn, held_out), n, levels)
+
+
+def _unseen(problems: list[Problem], held_out: set[str]) -> list[Problem]:
+    """The first problem of each text that is not in `held_out`, in order."""
     fresh: dict[str, Problem] = {}
-    for p in task.toy_problems(2 * per_level * len(levels), cfg.seed, cfg.task, split=LARGE_TEST, levels=levels):
+    for p in problems:
         if p.problem not in held_out:
             fresh.setdefault(p.problem, p)
-    kept = [p for level in levels for p in [q for q in fresh.values() if q.difficulty == level][:per_level]]
-    return sorted(kept, key=lambda p: p.id)
+    return list(fresh.values())
 
 
-def _level_shares(problems: list[Problem], n: int, task_cfg: task.TaskConfig) -> list[Problem]:
+def _level_shares(problems: list[Problem], n: int, levels: list[int]) -> list[Problem]:
     """The first n problems keeping equal shares per level (the first levels get the remainder)."""
-    levels = list(task_cfg.levels)
     kept = []
     for i, level in enumerate(levels):
         quota = n // len(levels) + (1 if i < n % len(levels) else 0)
