@@ -5,7 +5,8 @@ gradient accumulation, and DeepSpeed's clipping, through accelerate), loads the 
 then the tokenizer (and drops prompts over `data.max_prompt_tokens`), so that bad data stops a run
 before any model loads; then the policy, teacher, objective, exposure policy (and its held-out
 probe), optimizer, scheduler, rollout engine and validator, restores a checkpoint when resuming,
-and truncates the logs to it. The loop then calls `steps()`, `log(step, metrics)`,
+and truncates the logs to it. Before all of it, `atesd.checkpoint.check_output_dir` stops a new run
+into a folder that holds one (`overwrite` moves the old run aside first). The loop then calls `steps()`, `log(step, metrics)`,
 `after_step(step, finite)` and `finish()`: the cross-cutting concerns (progress bar, trackers, the
 non-finite-step guard, checkpoint contents and cadence, the final save) live here, one line each in
 the loop. `head` is `atesd.distributed.through_head` bound to the unwrapped policy: how the
@@ -15,6 +16,7 @@ objectives, whatever the sharding, read the output head's whole weight.
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
-from atesd.checkpoint import RunDir
+from atesd.checkpoint import RunDir, check_output_dir, move_aside
 from atesd.config import TrainConfig, save_config
 from atesd.data import load_problems
 from atesd.data_checks import drop_long_prompts
@@ -34,9 +36,12 @@ from atesd.models import load_model, load_tokenizer, save_trained
 from atesd.objectives import make_objective
 from atesd.optim import make_optimizer, make_scheduler
 from atesd.probe import ExposureProbe, hold_out_probe
+from atesd.prompts import student_prompt
 from atesd.rollout import make_rollout_engine
 from atesd.teacher import Teacher
 from atesd.validation import Validator, load_validation_problems
+
+logger = logging.getLogger(__name__)
 
 
 class PromptSampler:
@@ -57,11 +62,28 @@ class PromptSampler:
         return out[rank::world]
 
 
-def _engine_options(cfg: TrainConfig, accelerator) -> dict:
+def rollout_length_limit(cfg: TrainConfig, tokenizer, problems: list) -> int:
+    """The longest sequence the rollout engine will hold: the longest student prompt of the training
+    problems (`data.max_prompt_tokens` when set: longer ones were dropped) + rollout.max_new_tokens.
+    The engine samples student prompts only; teacher prompts are scored by the training model."""
+    longest = cfg.data.max_prompt_tokens
+    if longest is None:
+        longest = max(len(student_prompt(tokenizer, p.problem, cfg.prompts)) for p in problems)
+    return longest + cfg.rollout.max_new_tokens
+
+
+def _engine_options(cfg: TrainConfig, accelerator, tokenizer, problems: list) -> dict:
+    """The rollout engine's options. vLLM: `max_model_len` is `rollout_length_limit` (without it
+    vLLM reserves for the model's whole context, 40,960 tokens for Qwen3, and a large engine may not
+    start at a low memory fraction), and the engine starts from `model.name_or_path` (at step 0 the
+    weights are the base model's, LoRA's B being zero; a resumed run syncs its weights before the
+    first rollout) rather than from a merged checkpoint each process would write first."""
     if cfg.rollout.backend == "vllm":
         r = cfg.rollout
         options = {"gpu_memory_utilization": r.vllm_gpu_memory_utilization, "enforce_eager": r.vllm_enforce_eager,
-                   "enable_sleep_mode": r.vllm_sleep_mode, "seed": cfg.seed, "dtype": cfg.model.dtype}
+                   "enable_sleep_mode": r.vllm_sleep_mode, "seed": cfg.seed, "dtype": cfg.model.dtype,
+                   "max_model_len": rollout_length_limit(cfg, tokenizer, problems),
+                   "model_path": cfg.model.name_or_path}
         if accelerator.num_processes > 1:  # one engine per process, in the launcher's process group
             options["distributed_executor_backend"] = "external_launcher"
         return options
@@ -127,9 +149,15 @@ class TrainingRun:
         return self.accelerator.num_processes
 
     @classmethod
-    def start(cls, cfg: TrainConfig, resume: bool = False) -> TrainingRun:
+    def start(cls, cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> TrainingRun:
         out = Path(cfg.output_dir)
+        check_output_dir(out, resume, overwrite)  # before anything is written: two runs never mix
         accelerator = make_accelerator(cfg, str(out))
+        if overwrite:
+            accelerator.wait_for_everyone()  # every process has checked the folder before it moves
+            if accelerator.is_main_process:
+                move_aside(out)
+            accelerator.wait_for_everyone()
         set_seed(cfg.seed)
         world = accelerator.num_processes
         per_process = cfg.prompts_per_step // world
@@ -169,7 +197,8 @@ class TrainingRun:
         run = cls(cfg, accelerator, run_dir, tokenizer, policy, unwrapped, functools.partial(through_head, unwrapped),
                   teacher, problems, PromptSampler(len(problems), cfg.prompts_per_step, cfg.seed), objective, exposure,
                   probe, credit, optimizer, scheduler,
-                  make_rollout_engine(cfg.rollout.backend, unwrapped, tokenizer, **_engine_options(cfg, accelerator)),
+                  make_rollout_engine(cfg.rollout.backend, unwrapped, tokenizer,
+                                      **_engine_options(cfg, accelerator, tokenizer, problems)),
                   Validator(cfg, tokenizer, out, validation_problems) if validation_problems is not None else None)
         if cfg.report_to:
             accelerator.init_trackers("atesd", config={"output_dir": str(out)})
@@ -181,6 +210,8 @@ class TrainingRun:
     def _restore(self) -> None:
         latest = self.dir.latest()
         if latest is None:
+            logger.warning("%s: nothing to resume (no checkpoint in %s): starting at step 0",
+                           self.cfg.output_dir, self.dir.checkpoints)
             return
         components = self.dir.load(self.accelerator, latest[1])
         self.start_step, self.bad_in_a_row = components["step"], components["bad_in_a_row"]

