@@ -155,6 +155,32 @@ def test_counterfactual_credit_is_measured_and_learned_from(world, tmp_path, exp
         assert credited == [0, 2, 4]  # the first step of each hold window
 
 
+BY_FEATURE = "exposure:\n  policy: by_feature\n  feature_ratios: [0.5, 1.0]\n"
+
+
+@pytest.mark.parametrize("feature, extra", [
+    ("divergence", "  feature: divergence\n  feature_binning: batch_quantile\n  feature_thresholds: [0.5]\n"),
+    ("pass_rate", "  feature: pass_rate\n  feature_thresholds: [0.5]\n"),
+    ("confidence", "  feature: confidence\n  feature_binning: batch_quantile\n  feature_thresholds: [0.5]\n"),
+    ("correct", "  feature: correct\n  feature_thresholds: [0.5]\n"),
+], ids=["divergence", "pass_rate", "confidence", "correct"])
+def test_by_feature_exposure_bins_every_rollout_from_its_measured_feature(world, tmp_path, feature, extra):
+    out = tmp_path / "by-feature"
+    groups = ["rollout.num_generations=2"] if feature == "pass_rate" else []
+    result = train(load_config(_config(world, out, steps=2, extra=BY_FEATURE + extra), groups))
+    records = [json.loads(line) for line in (out / "exposure.jsonl").read_text().splitlines()]
+    assignments = [r for r in records if r["event"] == "assignment"]
+    assert [r["step"] for r in assignments] == [0, 1]
+    for record, mean_ratio in zip(assignments, result.reveal_ratios):
+        assert record["feature"] == feature and record["unknown_share"] == 0.0  # measured for every rollout
+        assert sum(record["bin_shares"]) == 1.0
+        assert mean_ratio == pytest.approx(0.5 * record["bin_shares"][0] + 1.0 * record["bin_shares"][1])
+        if feature == "divergence":  # half the batch (4 distinct divergences > 0) in each bin
+            assert record["bin_shares"] == [0.5, 0.5] and record["feature_mean"] > 0
+        if feature == "pass_rate":  # 4 problems × a group of 2 rollouts: rates 0, ½ or 1 per group
+            assert (8 * record["feature_mean"]) == pytest.approx(round(8 * record["feature_mean"]))
+
+
 def test_gradient_accumulation_gives_the_same_update_as_one_batch(world, tmp_path):
     # A large Adam ε makes the first update proportional to the gradient (not its sign), so the
     # comparison sees gradient differences instead of amplifying float noise near zero.

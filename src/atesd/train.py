@@ -89,7 +89,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         with timer("sample"):
             batch, prompts, completions, rollouts, correct = sample(run, step)
         with timer("decide"):
-            ratios, counterfactual, reveal_ratio = decide(run, step, batch, completions, rollouts, correct)
+            full = (full_exposure_divergence(run, batch, prompts, completions, correct)
+                    if getattr(run.exposure, "needs_full_divergence", False) else None)
+            ratios, counterfactual, reveal_ratio = decide(run, step, batch, completions, rollouts, correct, full)
         with timer("views"):
             micro_batches = build_views(run, batch, prompts, completions, correct, ratios)
         memory = device_memory(run.accelerator.device)  # after the rollout engine's sleep, before the loss
@@ -157,13 +159,15 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 1_009 + rank * 7) % (2**31 - 1)
 
 
-def decide(run: TrainingRun, step: int, batch, completions, rollouts, correct):
+def decide(run: TrainingRun, step: int, batch, completions, rollouts, correct, full_divergence=None):
     """This process's ratios (and counterfactual ratios, or None) and the batch's mean α: the policy
-    decides on rank 0 from every process's example contexts and the choice is broadcast."""
+    decides on rank 0 from every process's example contexts and the choice is broadcast.
+    full_divergence: each rollout's divergence at α = 1 (`full_exposure_divergence`), when the policy asks."""
     max_new = run.cfg.rollout.max_new_tokens
     contexts = [ExampleContext(p.difficulty, bool(ok), sum(r.logprobs) / max(1, len(r.logprobs)) if r else 0.0,
-                               len(c) / max_new)
-                for p, c, r, ok in zip(batch, completions, rollouts or [None] * len(batch), correct)]
+                               len(c) / max_new, p.id, d)
+                for p, c, r, ok, d in zip(batch, completions, rollouts or [None] * len(batch), correct,
+                                          full_divergence or [None] * len(batch))]
     everyone = gather_object(contexts) if run.world > 1 else contexts
     holder = [run.exposure.decide(step, everyone) if run.accelerator.is_main_process else None]
     if run.world > 1:
@@ -171,6 +175,21 @@ def decide(run: TrainingRun, step: int, batch, completions, rollouts, correct):
     choice, mine = holder[0], slice(run.rank * len(batch), (run.rank + 1) * len(batch))
     counterfactual = None if choice.counterfactual is None else choice.counterfactual[mine]
     return choice.ratios[mine], counterfactual, choice.mean
+
+
+@torch.no_grad()
+def full_exposure_divergence(run: TrainingRun, batch, prompts, completions, correct) -> list[float]:
+    """Each rollout's mean per-token training divergence D(p_T^1 ‖ p_S) with the teacher at full exposure
+    (α = 1), on θ_t: the objective's own loss on views at α = 1, without gradients (exposure.feature=divergence;
+    one more teacher and student forward per step). Every process calls it."""
+    if not run.objective.needs_teacher_view:
+        raise ValueError(f"exposure.feature=divergence needs a distillation objective (a teacher view), not "
+                         f"loss.objective={run.cfg.loss.objective}")
+    values = []
+    for views in build_views(run, batch, prompts, completions, correct, [1.0] * len(batch)):
+        _, stats = run.objective.loss(run.policy, run.head, run.teacher, run.unwrapped, views, len(batch))
+        values += stats.per_rollout().tolist()
+    return values
 
 
 def build_views(run: TrainingRun, batch, prompts, completions, correct, ratios: list[float]) -> list[StepViews]:

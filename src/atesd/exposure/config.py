@@ -7,7 +7,8 @@ how to fix it. Field comments name the paper symbol (ATESD, arXiv 2605.11458, se
 Departures from the paper:
   1. The paper only describes the learned controller; "fixed", "random" and "schedule" are the
      baselines of its ablations (fixed α, uniformly random α) plus a linear curriculum of ours;
-     "by_difficulty" (a fixed α per difficulty level) is the oracle check of per-difficulty exposure.
+     "by_difficulty" (a fixed α per difficulty level) is the oracle check of per-difficulty exposure,
+     "by_feature" the same check over a label-free feature every run has when it picks α.
   2. Every number marked "our choice" in the method notes is a field here (H, L, γ, λ_gt, B, ...).
   3. Defaults that make the controller able to learn within one run (docs/algorithm.md, "The
      controller's defaults"): the progress signal is the held-out probe NLL (α-independent), the
@@ -35,12 +36,28 @@ class ExposureConfig:
 
     # Which policy picks α: "fixed" (constant reveal_ratio), "random" (untrained, one draw per
     # hold window), "schedule" (linear schedule_start → schedule_end), "learned" (ATESD controller).
-    policy: Literal["fixed", "random", "schedule", "by_difficulty", "learned"] = "fixed"
+    # "by_difficulty" (a fixed α per difficulty level), "by_feature" (a fixed α per bin of a
+    # label-free per-example feature, below).
+    policy: Literal["fixed", "random", "schedule", "by_difficulty", "by_feature", "learned"] = "fixed"
     # α for policy="fixed". 1.0 is OPSD (full reference), 0.0 shows only the final answer.
     reveal_ratio: float = 1.0
     # policy="by_difficulty": α for difficulty 1, 2, … (the last value for higher levels);
     # examples without a difficulty get reveal_ratio.
     difficulty_ratios: list[float] = field(default_factory=lambda: [1.0])
+    # policy="by_feature": the per-example feature whose bin sets α (`atesd.exposure.by_feature`):
+    # "correct" (the student's rollout reached the reference answer: 0 or 1), "pass_rate" (the
+    # fraction of the problem's rollouts so far, this step's group included, that were right),
+    # "confidence" (the rollout's mean token log-prob), "divergence" (the mean per-token training
+    # divergence of the teacher at α = 1 from the student on the rollout: one more no-grad teacher
+    # and student forward per step).
+    feature: Literal["correct", "pass_rate", "confidence", "divergence"] = "correct"
+    # policy="by_feature": "value" bins the feature itself; "batch_quantile" bins its mid-rank
+    # fraction within the step's batch, in (0, 1) (e.g. 0.4: the lowest 40 %).
+    feature_binning: Literal["value", "batch_quantile"] = "value"
+    # policy="by_feature": ascending bin edges; a value v falls in bin i = #{edges ≤ v}.
+    feature_thresholds: list[float] = field(default_factory=lambda: [0.5])
+    # policy="by_feature": α of each bin, one more than the edges (bin 0 first).
+    feature_ratios: list[float] = field(default_factory=lambda: [1.0, 1.0])
     # policy="random": "uniform" draws α ~ U[ratio_min, ratio_max]; "beta" draws α_raw ~ Beta(a, b)
     # and clips it to [ratio_min, ratio_max] (an untrained controller).
     random_distribution: Literal["uniform", "beta"] = "uniform"
@@ -152,6 +169,7 @@ class ExposureConfig:
         if not self.difficulty_ratios or not all(0.0 <= r <= 1.0 for r in self.difficulty_ratios):
             raise ValueError(f"exposure.difficulty_ratios must be a non-empty list of ratios in [0, 1], "
                              f"got {self.difficulty_ratios}")
+        _check_bins(self)
         if self.granularity != "global" and self.reward != "counterfactual":
             raise ValueError(f"exposure.granularity={self.granularity} needs exposure.reward=counterfactual: the "
                              "lookahead rewards measure the whole batch's progress and cannot credit one example")
@@ -201,6 +219,19 @@ class ExposureConfig:
             )
         if not _is_int_at_least(self.seed, 0):
             raise ValueError(f"exposure.seed must be an integer >= 0, got {self.seed!r}")
+
+
+def _check_bins(cfg: ExposureConfig) -> None:
+    """policy="by_feature": ascending finite edges, one ratio in [0, 1] per bin, quantile edges in (0, 1)."""
+    edges, ratios = cfg.feature_thresholds, cfg.feature_ratios
+    if not all(isinstance(e, (int, float)) and math.isfinite(e) for e in edges) or list(edges) != sorted(edges):
+        raise ValueError(f"exposure.feature_thresholds must be ascending finite numbers, got {edges}")
+    if len(ratios) != len(edges) + 1 or not all(0.0 <= r <= 1.0 for r in ratios):
+        raise ValueError(f"exposure.feature_ratios needs {len(edges) + 1} ratios in [0, 1] (one per bin of the "
+                         f"{len(edges)} feature_thresholds), got {ratios}")
+    if cfg.feature_binning == "batch_quantile" and not all(0.0 < e < 1.0 for e in edges):
+        raise ValueError(f"exposure.feature_thresholds with feature_binning=batch_quantile are fractions of the "
+                         f"batch in (0, 1), got {edges}")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -16,6 +16,7 @@ global policies' own method underneath.
 Policies:
     FixedExposure     α = reveal_ratio at every step (OPSD is reveal_ratio = 1).
     ByDifficulty      α = difficulty_ratios[level − 1] per example (an oracle check, ours).
+    ByFeature         α per bin of a label-free per-example feature (`atesd.exposure.by_feature`).
     RandomExposure    one untrained draw per hold window of H steps: U[α_min, α_max], or
                       clip(Beta(a, b), α_min, α_max); the draw of window w is seeded by (seed, w).
     ScheduleExposure  α_t = start + (end − start) · t/(T − 1), linear over the T steps.
@@ -233,6 +234,10 @@ def make_exposure_policy(cfg: ExposureConfig, total_steps: int) -> ExposurePolic
         return FixedExposure(cfg.reveal_ratio)
     if cfg.policy == "by_difficulty":
         return ByDifficultyExposure(cfg)
+    if cfg.policy == "by_feature":
+        from atesd.exposure.by_feature import ByFeatureExposure  # it builds on FixedExposure, defined here
+
+        return ByFeatureExposure(cfg)
     if cfg.policy == "random":
         return RandomExposure(cfg)
     if cfg.policy == "schedule":

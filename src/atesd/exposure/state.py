@@ -199,12 +199,16 @@ class ExposureStateTracker:
 class ExampleContext:
     """What a per-example exposure decision may look at (ours): the problem's difficulty label (None
     without one), whether the student's rollout reached the right answer, its mean token log-prob
-    (self-confidence) and its length as a fraction of max_new_tokens."""
+    (self-confidence), its length as a fraction of max_new_tokens, the problem's id (rollouts of one
+    problem share it: its running pass rate) and, when the policy asks for it, the mean per-token
+    divergence of the teacher at full exposure (α = 1) from the student on the rollout."""
 
     difficulty: int | None
     correct: bool
     self_confidence: float
     length_fraction: float
+    problem_id: str | None = None
+    full_exposure_divergence: float | None = None
 
 
 EXAMPLE_FEATURE_NAMES: tuple[str, ...] = ("difficulty", "has_difficulty", "correct", "self_confidence",
