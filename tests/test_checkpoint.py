@@ -1,9 +1,12 @@
-"""atesd.checkpoint.RunDir: log truncation on resume survives what a killed run leaves behind."""
+"""atesd.checkpoint: log truncation on resume survives what a killed run leaves behind; two runs
+never share a folder."""
 
 import json
 import logging
 
-from atesd.checkpoint import RunDir
+import pytest
+
+from atesd.checkpoint import RunDir, check_output_dir, move_aside
 
 
 def _lines(*records, tail=""):
@@ -39,3 +42,35 @@ def test_truncate_logs_on_another_process_leaves_the_files_alone(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(text)
     RunDir(tmp_path, is_main=False).truncate_logs(0)
     assert (tmp_path / "metrics.jsonl").read_text() == text
+
+
+def test_a_new_run_into_a_folder_holding_one_stops_naming_the_folder_and_both_ways_out(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(_lines({"step": 0}))
+    with pytest.raises(FileExistsError) as err:
+        check_output_dir(tmp_path, resume=False, overwrite=False)
+    message = str(err.value)
+    assert "\n" not in message and str(tmp_path) in message and "--resume" in message and "--overwrite" in message
+
+
+def test_a_missing_or_empty_folder_takes_a_new_run_and_resume_or_overwrite_pass_a_full_one(tmp_path):
+    check_output_dir(tmp_path / "missing", resume=False, overwrite=False)
+    check_output_dir(tmp_path, resume=False, overwrite=False)  # empty
+    (tmp_path / "config.yaml").write_text("steps: 1\n")
+    check_output_dir(tmp_path, resume=True, overwrite=False)
+    check_output_dir(tmp_path, resume=False, overwrite=True)
+    with pytest.raises(ValueError, match="exclude each other"):
+        check_output_dir(tmp_path, resume=True, overwrite=True)
+
+
+def test_move_aside_renames_the_old_run_to_a_timestamped_sibling_and_deletes_nothing(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step-000004").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text(_lines({"step": 3}))
+    first = move_aside(run)
+    assert not run.exists() and first.parent == tmp_path and first.name.startswith("run.old-")
+    assert (first / "metrics.jsonl").read_text() == _lines({"step": 3}) and (first / "checkpoints/step-000004").is_dir()
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("steps: 1\n")
+    second = move_aside(run)  # the same second: a counter keeps both
+    assert second != first and (second / "config.yaml").is_file() and (first / "metrics.jsonl").is_file()
+    assert move_aside(tmp_path / "missing") is None

@@ -94,6 +94,37 @@ def test_eval_with_a_model_directory_that_holds_no_model_is_a_one_line_error(toy
     assert f"cannot load the tokenizer of {str(tmp_path / 'empty-model')!r}: " in line
 
 
+def test_train_never_mixes_two_runs_in_one_folder(tiny_model_dir, toy_problems, tmp_path):
+    data = tmp_path / "train.jsonl"
+    write_problems(data, toy_problems[:4])
+    config = _train_config(tmp_path, tiny_model_dir, data, "rollout:\n  max_new_tokens: 4\n")
+    run = tmp_path / "run"
+    first = _atesd("train", "--config", config, "steps=2", "save_every=1")
+    assert first.returncode == 0, first.stderr
+    assert f"trained model: {run / 'final'}" in first.stdout and f"next: atesd report {run}" in first.stdout
+    old_metrics = (run / "metrics.jsonl").read_text()
+
+    line = _one_error_line(_atesd("train", "--config", config), "train")  # a second run, same folder
+    assert f"output_dir {run} already holds a run" in line and "--resume" in line and "--overwrite" in line
+    assert (run / "metrics.jsonl").read_text() == old_metrics
+
+    again = _atesd("train", "--config", config, "--overwrite")
+    assert again.returncode == 0, again.stderr
+    [aside] = tmp_path.glob("run.old-*")
+    assert (aside / "metrics.jsonl").read_text() == old_metrics and (aside / "checkpoints/step-000002").is_dir()
+    assert [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()] == [0]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000001"]
+
+
+def test_train_resume_with_nothing_to_resume_says_so(tiny_model_dir, toy_problems, tmp_path):
+    data = tmp_path / "train.jsonl"
+    write_problems(data, toy_problems[:4])
+    config = _train_config(tmp_path, tiny_model_dir, data, "rollout:\n  max_new_tokens: 4\n")
+    proc = _atesd("train", "--config", config, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{tmp_path / 'run'}: nothing to resume (no checkpoint" in proc.stderr and "starting at step 0" in proc.stderr
+
+
 def test_train_with_every_row_skipped_stops_on_the_data_before_the_model_loads(tmp_path):
     data = tmp_path / "train.jsonl"
     data.write_text(json.dumps({"problem": "p", "solution": "no box"}) + "\n{broken\n")
@@ -144,3 +175,18 @@ def test_one_line_joins_a_multi_line_os_error():
 
     error = OSError("m does not appear to have a file named config.json.\nCheckout 'https://x' for files.")
     assert one_line(error) == "m does not appear to have a file named config.json. Checkout 'https://x' for files."
+
+
+def test_train_and_eval_bad_row_errors_name_the_setting_as_each_command_takes_it(tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"problem": "p", "solution": "\\boxed{1}"}) + "\n"
+                    + json.dumps({"problem": "q", "solution": "no box"}) + "\n")
+    config = _train_config(tmp_path, tmp_path / "no-such-model", data)  # the data stops the run first
+    assert "pass data.on_bad_row=skip to drop them" in _atesd("train", "--config", config).stderr
+    line = _one_error_line(_atesd("train", "--config", config, "data.on_bad_row=skip"), "train")
+    assert "1 of 2 rows are bad (50.0%: 1 no boxed answer), more than data.max_bad_row_share=0.05" in line
+    proc = _atesd("eval", "--model", tmp_path / "no-such-model", "--data", data, "--out", tmp_path / "ev")
+    assert "pass --on-bad-row skip to drop them" in proc.stderr
+    proc = _atesd("eval", "--model", tmp_path / "no-such-model", "--data", data, "--out", tmp_path / "ev",
+                  "--on-bad-row", "skip", "--max-bad-row-share", "0.1")
+    assert "more than --max-bad-row-share=0.1" in proc.stderr

@@ -12,6 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from atesd.data import (
+    EVAL_OPTIONS,
+    LIBRARY_OPTIONS,
+    TRAIN_OPTIONS,
     BadRow,
     DataError,
     Problem,
@@ -489,3 +492,43 @@ def test_max_prompt_tokens_none_keeps_every_row_and_all_dropped_is_a_one_line_er
         drop_long_prompts(problems, tiny_tokenizer, PromptConfig(), 3, "t.csv")
     assert "\n" not in str(caught.value)
     assert str(caught.value).startswith("t.csv: no usable rows: all 2 prompts are longer than max_prompt_tokens=3")
+
+
+# --- the bad-row threshold and how the messages spell the settings ---------------------------------
+
+
+def test_skip_mode_stops_when_the_bad_share_is_over_the_threshold_naming_the_rows(tmp_path):
+    path = _jsonl(tmp_path / "t.jsonl", [_row(id=f"g{i}") for i in range(8)] + [_row(id="x", solution="no box")] * 2)
+    assert len(load_problems(path, on_bad_row="skip", max_bad_row_share=0.2)) == 8  # 2 of 10: at the limit
+    with pytest.raises(DataError) as caught:
+        load_problems(path, on_bad_row="skip", max_bad_row_share=0.1)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: 2 of 10 rows are bad (20.0%: 2 no boxed answer), more than "
+                              "max_bad_row_share=0.1; fix the rows or the column map, or raise max_bad_row_share")
+    assert f"{path}:9: field 'solution': no \\boxed{{}} final answer" in message and len(caught.value.bad_rows) == 2
+
+
+def test_skip_mode_under_the_threshold_skips_with_one_warning(tmp_path, caplog):
+    path = _jsonl(tmp_path / "t.jsonl", [_row(id=f"g{i}") for i in range(30)] + [_row(id="x", solution="no box")])
+    with caplog.at_level(logging.WARNING, logger="atesd.data"):
+        problems = load_problems(path, on_bad_row="skip", max_bad_row_share=0.05)
+    assert len(problems) == 30
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and f"{path}:31: field 'solution'" in caplog.text
+
+
+def test_bad_row_threshold_outside_zero_to_one_is_refused():
+    with pytest.raises(ValueError, match="max_bad_row_share must be a share between 0 and 1, got 5"):
+        load_problems("unused.jsonl", on_bad_row="skip", max_bad_row_share=5)
+
+
+@pytest.mark.parametrize("options, skip, share", [
+    (LIBRARY_OPTIONS, "pass on_bad_row='skip' to drop them", "raise max_bad_row_share"),
+    (TRAIN_OPTIONS, "pass data.on_bad_row=skip to drop them", "raise data.max_bad_row_share"),
+    (EVAL_OPTIONS, "pass --on-bad-row skip to drop them", "raise --max-bad-row-share"),
+])
+def test_messages_spell_the_settings_as_the_caller_types_them(tmp_path, options, skip, share):
+    path = _jsonl(tmp_path / "t.jsonl", [_row(id="g"), _row(id="x", solution="no box")])
+    with pytest.raises(DataError, match=skip):
+        load_problems(path, options=options)
+    with pytest.raises(DataError, match=share):
+        load_problems(path, on_bad_row="skip", max_bad_row_share=0.1, options=options)

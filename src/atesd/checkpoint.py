@@ -10,6 +10,11 @@ Layout of `output_dir`:
 A checkpoint is written into a temporary directory and renamed into place, so a run killed at any
 moment leaves only complete checkpoints. Resuming truncates the logs to the checkpoint's step (and
 drops a line cut off by the kill), so a resumed run's logs equal an uninterrupted run's.
+
+Two runs never share a folder (`check_output_dir`): a new run into a non-empty `output_dir` stops
+unless it resumes (`--resume`) or moves the old run aside (`--overwrite`: renamed to the sibling
+`<output_dir>.old-<YYYYmmdd-HHMMSS>`, nothing deleted); resuming a folder without a checkpoint
+says so and starts at step 0.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -36,6 +42,36 @@ def _json_object(line: str) -> dict | None:
     except ValueError:
         return None
     return record if isinstance(record, dict) else None
+
+
+def check_output_dir(path: str | Path, resume: bool, overwrite: bool) -> None:
+    """Stop a new run (neither `resume` nor `overwrite`) whose `output_dir` already holds files, so
+    that two runs' logs and checkpoints never mix. Read-only: every process may call it."""
+    path = Path(path)
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite (resume=True, overwrite=True) exclude each other: "
+                         "resume continues the run in output_dir, overwrite moves it aside")
+    if resume or overwrite or not path.is_dir() or not any(path.iterdir()):
+        return
+    raise FileExistsError(f"output_dir {path} already holds a run; continue it with --resume (train(cfg, resume=True)) "
+                          f"or move it aside to {path}.old-<time> and start anew with --overwrite (overwrite=True), "
+                          "or choose another output_dir")
+
+
+def move_aside(path: str | Path) -> Path | None:
+    """Rename a non-empty `path` to the sibling `<path>.old-<YYYYmmdd-HHMMSS>` (a counter is added if
+    that exists); returns the new location, or None when there was nothing to move."""
+    path = Path(path)
+    if not path.is_dir() or not any(path.iterdir()):
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target, n = path.with_name(f"{path.name}.old-{stamp}"), 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.old-{stamp}-{n}")
+    os.replace(path, target)
+    logger.warning("%s: moved the previous run aside to %s (--overwrite)", path, target)
+    return target
 
 
 class RunDir:

@@ -44,6 +44,9 @@ def _add_eval(sub) -> None:
                    help="map fields to the data's columns, e.g. problem=question,answer=final")
     p.add_argument("--on-bad-row", choices=["error", "skip"], default=None,
                    help=f"a bad row stops the run (error) or is dropped with a warning (skip); default {d.on_bad_row}")
+    p.add_argument("--max-bad-row-share", type=float, default=None,
+                   help=f"with --on-bad-row skip: stop when more than this share of the rows is bad "
+                        f"(default {d.max_bad_row_share})")
     p.add_argument("--max-prompt-tokens", type=int, default=None,
                    help="drop problems whose student prompt is longer, with a warning (default: no limit)")
     p.add_argument("--backend", choices=["hf", "vllm"], default=None,
@@ -61,15 +64,18 @@ def _run_eval(args) -> None:
 
     from atesd.eval_config import check_complete, load_eval_config, parse_columns, prepare_eval_dir
     from atesd.eval_config import run_eval
+    from atesd.toy.paths import resolve_model_and_data
 
     names = ("model", "data", "split", "k", "out_dir", "max_new_tokens", "temperature", "top_p", "top_k",
-             "seed", "limit", "thinking", "dtype", "batch_size", "on_bad_row", "max_prompt_tokens", "backend",
+             "seed", "limit", "thinking", "dtype", "batch_size", "on_bad_row", "max_bad_row_share", "max_prompt_tokens", "backend",
              "data_parallel", "tensor_parallel", "gpu_memory_utilization", "max_model_len")
     flags = {name: getattr(args, name) for name in names if getattr(args, name) is not None}  # given flags only
     if args.columns is not None:
         flags["columns"] = parse_columns(args.columns)
     cfg = load_eval_config(args.config, flags)
     check_complete(cfg)
+    model, data = resolve_model_and_data(cfg.model, cfg.data)
+    cfg = replace(cfg, model=model, data=data)
     if args.config is not None:  # a config's data may be an evaluation-only set (answers, no solutions)
         cfg = replace(cfg, data=str(prepare_eval_dir(cfg)), split=None, columns={}, limit=None)
     report = run_eval(cfg)
@@ -103,6 +109,8 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train with a YAML config and key=value overrides")
     p.add_argument("--config", required=True, help="YAML file (see configs/)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="output_dir holds a run: move it aside to <output_dir>.old-<time> and start anew")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. exposure.hold_steps=4")
 
 
@@ -112,8 +120,8 @@ def _run_train(args) -> None:
     from atesd.train import train
 
     cfg = resolve_toy_paths(load_config(args.config, args.overrides))
-    result = train(cfg, resume=args.resume)
-    print(f"run directory: {result.output_dir}")
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    print(result.summary())
 
 
 def _add_demo(sub) -> None:
@@ -171,14 +179,16 @@ def _add_mismatch(sub) -> None:
 def _run_mismatch(args) -> None:
     from atesd.experiments.mismatch import run_mismatch
     from atesd.experiments.positions import run_mismatch_positions
+    from atesd.toy.paths import resolve_model_and_data
 
     try:
         ratios = [float(r) for r in args.ratios.split(",")]
     except ValueError:
         raise ValueError(f"--ratios {args.ratios!r}: expected comma-separated numbers in [0, 1]") from None
     run = run_mismatch_positions if args.positions else run_mismatch
+    model, data = resolve_model_and_data(args.model, args.data)
     result = run(
-        args.model, args.data, ratios=ratios, out_dir=args.out, split=args.split, thinking=args.thinking,
+        model, data, ratios=ratios, out_dir=args.out, split=args.split, thinking=args.thinking,
         dtype=args.dtype, n_problems=args.n, samples_per_problem=args.samples,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
         top_k=args.top_k, seed=args.seed, batch_size=args.batch_size, chunk_size=args.chunk_size,
@@ -193,6 +203,8 @@ def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="every method on the toy world, same rollout budget, several seeds")
     p.add_argument("--suite", default="toy", choices=["toy"])
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; 1 with --quick)")
+    p.add_argument("--seed-offset", type=int, default=0,
+                   help="the first seed (default 0): --seeds 3 --seed-offset 6 runs seeds 6, 7, 8")
     p.add_argument("--quick", action="store_true", help="tiny budgets for a CI smoke (~2 min on 2 cores)")
     p.add_argument("--out", default=None, help="default runs/bench-toy (runs/bench-toy-quick with --quick)")
     p.add_argument("--methods", nargs="+", default=None, help="a subset of atesd.experiments.bench.METHODS")
@@ -207,7 +219,7 @@ def _run_bench(args) -> None:
 
     outcome = run_bench(suite=args.suite, seeds=args.seeds, quick=args.quick, out=args.out,
                         methods=args.methods, overrides=args.overrides, steps=args.steps,
-                        command="atesd " + " ".join(sys.argv[1:]))
+                        seed_offset=args.seed_offset, command="atesd " + " ".join(sys.argv[1:]))
     for path in outcome.files:
         print(f"wrote {path}")
 
@@ -236,6 +248,7 @@ def _run_diagnose(args) -> None:
     import json
 
     from atesd.experiments.exposure_diagnostic import reward_correlations, run_credit_diagnostic
+    from atesd.toy.paths import resolve_model_and_data
 
     if args.what == "rewards":
         result = reward_correlations(args.run_dir)
@@ -249,7 +262,8 @@ def _run_diagnose(args) -> None:
         print(json.dumps(result))
         return
     ratios = [float(r) for r in args.ratios.split(",")]
-    run_credit_diagnostic(args.model, args.data, ratios, args.n, args.probe_size, args.seed, args.bench, args.out,
+    model, data = resolve_model_and_data(args.model, args.data)
+    run_credit_diagnostic(model, data, ratios, args.n, args.probe_size, args.seed, args.bench, args.out,
                           args.divergence, args.probe, args.samples)
 
 

@@ -87,10 +87,13 @@ class DataConfig:
     answer_column: Optional[str] = None  # None: the last \boxed{} of the solution
     val: Optional[str] = None  # validation file, used by periodic evaluation
     on_bad_row: Literal["error", "skip"] = "error"  # skip: drop bad rows with one warning naming them
+    max_bad_row_share: Optional[float] = 0.05  # skip: stop when more than this share of the rows is bad; null: never
     max_prompt_tokens: Optional[int] = None  # drop rows whose student prompt is longer (train and val); None: keep all
 
     def __post_init__(self) -> None:
         check_choices(self, "data")
+        _check(self.max_bad_row_share is None or 0 <= self.max_bad_row_share <= 1,
+               f"data.max_bad_row_share must be between 0 and 1 (or null), got {self.max_bad_row_share}")
         _check(self.max_prompt_tokens is None or self.max_prompt_tokens >= 1,
                f"data.max_prompt_tokens must be >= 1 (or null for no limit), got {self.max_prompt_tokens}")
 

@@ -35,7 +35,12 @@ Choices the papers leave open (ours):
    row's location and details (the first 20 rows, then "... and K more"), and
    `load_problems_with_report` returns what was skipped. Problems that concern the whole file
    (missing, unreadable, a mapped column absent from a CSV header or Parquet schema, nothing in
-   it, every row skipped: "no usable rows") raise `DataError` in both modes.
+   it, every row skipped: "no usable rows") raise `DataError` in both modes. With
+   ``max_bad_row_share`` set, ``"skip"`` also raises when the skipped rows are more than that share
+   of the rows read (a file that is mostly bad is a wrong file or a wrong column map, not noise).
+   The messages name the settings as the caller's user types them (`BadRowOptions`:
+   ``data.on_bad_row=skip`` for `atesd train`, ``--on-bad-row skip`` for `atesd eval`, the keyword
+   arguments for the library).
 5. ``require_solution=False`` loads an evaluation-only set (AIME, HMMT: a problem and a final
    answer, no worked solution). The solution column becomes optional (absent → ``solution=""``)
    and is not checked for a box when the row gives an answer; a row needs an answer, from the
@@ -79,6 +84,7 @@ __all__ = [
     "DataError",
     "BadRow",
     "LoadReport",
+    "BadRowOptions",
     "load_problems",
     "load_problems_with_report",
     "write_problems",
@@ -87,6 +93,20 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _ON_BAD_ROW = ("error", "skip")
+
+
+@dataclass(frozen=True)
+class BadRowOptions:
+    """How the user of a caller spells the two bad-row settings, for the messages that name them:
+    `skip` the setting that drops bad rows, `max_share` the name of the threshold share."""
+
+    skip: str
+    max_share: str
+
+
+LIBRARY_OPTIONS = BadRowOptions("on_bad_row='skip'", "max_bad_row_share")
+TRAIN_OPTIONS = BadRowOptions("data.on_bad_row=skip", "data.max_bad_row_share")
+EVAL_OPTIONS = BadRowOptions("--on-bad-row skip", "--max-bad-row-share")
 _MESSAGE_LINE_LIMIT = 200
 _LEVEL = re.compile(r"(?:level\s*)?(\d+)", re.IGNORECASE)
 
@@ -223,6 +243,8 @@ def load_problems_with_report(
     columns: Mapping[str, str] | None = None,
     on_bad_row: str = "error",
     require_solution: bool = True,
+    max_bad_row_share: float | None = None,
+    options: BadRowOptions = LIBRARY_OPTIONS,
 ) -> LoadReport:
     """Load and validate problems; return them with the bad fields that were skipped.
 
@@ -235,6 +257,9 @@ def load_problems_with_report(
             bad rows and logs a warning naming them; every row bad is a DataError in both modes.
         require_solution: False loads an evaluation-only set: no solution needed, but an
             answer (departure 5 in the module docstring). Never for training data.
+        max_bad_row_share: with ``"skip"``, more skipped rows than this share of the rows read is a
+            DataError (None: no limit).
+        options: how the messages spell the settings (`BadRowOptions`).
 
     Raises:
         DataError: bad rows (``"error"`` mode) or a problem with the whole source.
@@ -242,6 +267,8 @@ def load_problems_with_report(
     """
     if on_bad_row not in _ON_BAD_ROW:
         raise ValueError(f"on_bad_row must be one of {_ON_BAD_ROW}, got {on_bad_row!r}")
+    if max_bad_row_share is not None and not 0 <= max_bad_row_share <= 1:
+        raise ValueError(f"{options.max_share} must be a share between 0 and 1, got {max_bad_row_share}")
     column_map = _column_map(columns)
     # A header or schema can be checked up front for the columns that must exist in it.
     needed = ("problem", "solution") if require_solution else ("problem",)
@@ -302,7 +329,7 @@ def load_problems_with_report(
         tail = f"\n... and {more} more (all in DataError.bad_rows)" if more > 0 else ""
         rows = len({bad.location for bad in bad_rows})
         raise DataError(
-            f"{label}: {rows} bad row(s); fix them or pass on_bad_row='skip' to drop them:\n{shown}{tail}",
+            f"{label}: {rows} bad row(s); fix them or pass {options.skip} to drop them:\n{shown}{tail}",
             bad_rows,
         )
     report = LoadReport(tuple(problems), tuple(bad_rows))
@@ -312,6 +339,11 @@ def load_problems_with_report(
             raise DataError(f"{label}: no usable rows: {report.skipped_rows} skipped ({reasons}), e.g. "
                             f"{bad_rows[0]}; fix the rows or map the columns")
         listing = "".join(f"\n  {entry}" for entry in capped(_by_row(bad_rows)))
+        share = report.skipped_rows / row_count
+        if max_bad_row_share is not None and share > max_bad_row_share:
+            raise DataError(f"{label}: {report.skipped_rows} of {row_count} rows are bad ({share:.1%}: {reasons}), "
+                            f"more than {options.max_share}={max_bad_row_share}; fix the rows or the column map, "
+                            f"or raise {options.max_share}:{listing}", bad_rows)
         logger.warning("%s: skipped %d bad row(s) (%s); kept %d:%s",
                        label, report.skipped_rows, reasons, len(problems), listing)
     warn_answer_disagreements(label, zip(locations, problems))
@@ -332,9 +364,12 @@ def load_problems(
     columns: Mapping[str, str] | None = None,
     on_bad_row: str = "error",
     require_solution: bool = True,
+    max_bad_row_share: float | None = None,
+    options: BadRowOptions = LIBRARY_OPTIONS,
 ) -> list[Problem]:
     """The problems of ``source``; see `load_problems_with_report` for the arguments and errors."""
-    return list(load_problems_with_report(source, split, columns, on_bad_row, require_solution).problems)
+    return list(load_problems_with_report(source, split, columns, on_bad_row, require_solution, max_bad_row_share,
+                                          options).problems)
 
 
 def write_problems(path: str | os.PathLike[str], problems: Iterable[Problem]) -> None:

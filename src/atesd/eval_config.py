@@ -65,6 +65,7 @@ class EvalConfig:
     score_workers: Optional[int] = None  # answer-checking processes (None: default pool; 0: in-process)
     write_samples: bool = True  # also write samples.jsonl
     on_bad_row: Literal["error", "skip"] = "error"  # skip: drop bad rows with one warning naming them
+    max_bad_row_share: Optional[float] = None  # skip: stop when more than this share of the rows is bad; None: never
     max_prompt_tokens: Optional[int] = None  # drop problems whose student prompt is longer; None: keep all
     backend: Literal["hf", "vllm"] = "hf"  # vllm: atesd.eval_vllm (the `vllm` extra)
     data_parallel: Optional[int] = None  # vllm: engines (None: every visible GPU group; 1 without GPUs)
@@ -83,6 +84,8 @@ class EvalConfig:
             (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (self.top_k >= 0, f"top_k must be >= 0 (0 disables it), got {self.top_k}"),
+            (self.max_bad_row_share is None or 0 <= self.max_bad_row_share <= 1,
+             f"max_bad_row_share must be between 0 and 1 (or null), got {self.max_bad_row_share}"),
             (self.max_prompt_tokens is None or self.max_prompt_tokens >= 1,
              f"max_prompt_tokens must be >= 1 (or null for no limit), got {self.max_prompt_tokens}"),
             (self.tensor_parallel >= 1, f"tensor_parallel must be >= 1, got {self.tensor_parallel}"),
@@ -154,12 +157,13 @@ def prepare_eval_dir(cfg: EvalConfig) -> Path:
     """Load cfg's problems as an evaluation-only set; write the ones evaluated (the first `limit`),
     with stand-in solutions, to `out_dir/problems.jsonl` and the resolved config to
     `out_dir/eval_config.yaml`; return the problems file, `run_eval`'s data path (departure 1)."""
-    from atesd.data import DataError, load_problems, write_problems
+    from atesd.data import EVAL_OPTIONS, DataError, load_problems, write_problems
 
     check_complete(cfg)
     try:
         problems = load_problems(cfg.data, split=cfg.split, columns=cfg.columns or None, on_bad_row=cfg.on_bad_row,
-                                 require_solution=False)
+                                 require_solution=False, max_bad_row_share=cfg.max_bad_row_share,
+                                 options=EVAL_OPTIONS)
     except DataError:
         raise
     except ValueError as err:  # e.g. a split given for a local file
@@ -184,14 +188,15 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalReport:
     backend "vllm": vLLM engines serve the model directory (`atesd.eval_vllm`, data-parallel over the
     visible GPUs, `tensor_parallel` GPUs each); the HF model is not loaded."""
     from atesd.config import ModelConfig
-    from atesd.data import load_problems
+    from atesd.data import EVAL_OPTIONS, load_problems
     from atesd.data_checks import drop_long_prompts
     from atesd.models import load_pretrained, load_tokenizer
     from atesd.prompts import PromptConfig
     from atesd.rollout import SamplingParams
 
     problems = load_problems(cfg.data, split=cfg.split, columns=cfg.columns or None, on_bad_row=cfg.on_bad_row,
-                             require_solution=False)  # evaluation uses the problem and the answer only
+                             require_solution=False, max_bad_row_share=cfg.max_bad_row_share,
+                             options=EVAL_OPTIONS)  # evaluation uses the problem and the answer only
     problems = problems[: cfg.limit] if cfg.limit is not None else problems
     prompt_cfg = PromptConfig(student_thinking=cfg.thinking)
     tokenizer = load_tokenizer(ModelConfig(name_or_path=str(cfg.model)))  # prompts are checked before the model loads

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from atesd.checkpoint import RunDir, check_output_dir, move_aside
 from atesd.config import TrainConfig, save_config
-from atesd.data import load_problems
+from atesd.data import TRAIN_OPTIONS, load_problems
 from atesd.data_checks import drop_long_prompts
 from atesd.distributed import make_accelerator, through_head
 from atesd.divergence_chunked import auto_chunk_size
@@ -113,7 +113,8 @@ def _check_credit_supported(cfg: TrainConfig, accelerator) -> None:
 def _load_training_problems(cfg: TrainConfig) -> list:
     columns = {"problem": cfg.data.problem_column, "solution": cfg.data.solution_column,
                **({"answer": cfg.data.answer_column} if cfg.data.answer_column else {})}
-    return load_problems(cfg.data.train, split=cfg.data.split, on_bad_row=cfg.data.on_bad_row, columns=columns)
+    return load_problems(cfg.data.train, split=cfg.data.split, on_bad_row=cfg.data.on_bad_row, columns=columns,
+                         max_bad_row_share=cfg.data.max_bad_row_share, options=TRAIN_OPTIONS)
 
 
 @dataclass

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -56,14 +56,32 @@ from atesd.scoring import build_sequences, text_ids
 
 @dataclass
 class TrainResult:
-    """What `train` returns: the run directory, the trained (unwrapped) model on this process and
-    the reveal ratio this process used at each step (tests compare them across ranks)."""
+    """What `train` returns: the run directory, the trained (unwrapped) model on this process, the
+    reveal ratio this process used at each step (tests compare them across ranks), the steps run
+    now, their seconds and the last step's loss. Its repr leaves out the model and the ratios;
+    `summary()` is the screen the CLI prints at the end of a run."""
 
     output_dir: Path
-    model: torch.nn.Module
-    reveal_ratios: list[float]
+    model: torch.nn.Module = field(repr=False)
+    reveal_ratios: list[float] = field(repr=False)
     process_index: int = 0
     num_processes: int = 1
+    steps: int = 0  # the run's last step + 1 (cfg.steps when it ran to the end)
+    steps_run: int = 0  # steps run by this call (fewer than `steps` when it resumed)
+    seconds: float = 0.0
+    final_loss: float | None = None
+
+    def summary(self) -> str:
+        """Steps, time, final loss, where the model is and the next commands to run."""
+        loss = "n/a" if self.final_loss is None else f"{self.final_loss:.4f}"
+        out = self.output_dir
+        return "\n".join([
+            f"trained {self.steps_run} step(s) in {self.seconds:.1f} s (run at step {self.steps}); final loss {loss}",
+            f"run directory: {out} (config.yaml, metrics.jsonl, exposure.jsonl, checkpoints/)",
+            f"trained model: {out / 'final'}" + (f"; best by validation: {out / 'best'}" if (out / "best").is_dir() else ""),
+            f"next: atesd report {out}",
+            f"      atesd eval --model {out / 'final'} --data <problems file>",
+        ])
 
 
 class PhaseTimer:
@@ -79,11 +97,13 @@ class PhaseTimer:
         self.seconds[f"timing/{phase}_s"] = self.seconds.get(f"timing/{phase}_s", 0.0) + time.perf_counter() - started
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
-    """Train with `cfg` (model and data paths resolved: `toy:` names belong to the entry points);
-    with `resume`, continue from the latest checkpoint in `cfg.output_dir`."""
-    run = TrainingRun.start(cfg, resume)
-    ratios_used = []
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Train with `cfg` (model and data paths resolved: `toy:` names belong to the entry points and
+    `atesd.api`); with `resume`, continue from the latest checkpoint in `cfg.output_dir`; with
+    `overwrite`, move a previous run in it aside first (`atesd.checkpoint.check_output_dir`)."""
+    began = time.perf_counter()
+    run = TrainingRun.start(cfg, resume, overwrite)
+    ratios_used, loss = [], None
     for step in run.steps():
         timer, started = PhaseTimer(), time.perf_counter()
         with timer("sample"):
@@ -124,7 +144,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         run.after_step(step, finite)
         ratios_used.append(reveal_ratio)
     run.finish()
-    return TrainResult(Path(cfg.output_dir), run.unwrapped, ratios_used, run.rank, run.world)
+        loss = float(metrics["train/loss"])
+    return TrainResult(Path(cfg.output_dir), run.unwrapped, ratios_used, run.rank, run.world, steps=cfg.steps,
+                       steps_run=len(ratios_used), seconds=time.perf_counter() - began, final_loss=loss)
 
 
 def sample(run: TrainingRun, step: int):

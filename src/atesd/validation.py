@@ -13,7 +13,7 @@ from pathlib import Path
 
 from accelerate.utils import gather_object
 
-from atesd.data import load_problems
+from atesd.data import TRAIN_OPTIONS, load_problems
 from atesd.distributed import is_sharded
 from atesd.evaluate import evaluate
 from atesd.rollout.base import SamplingParams
@@ -21,7 +21,8 @@ from atesd.rollout.base import SamplingParams
 
 def load_validation_problems(cfg) -> list:
     """The first `validation.max_problems` problems of `data.val` (loaded before any model)."""
-    return load_problems(cfg.data.val, on_bad_row=cfg.data.on_bad_row)[: cfg.validation.max_problems]
+    return load_problems(cfg.data.val, on_bad_row=cfg.data.on_bad_row, max_bad_row_share=cfg.data.max_bad_row_share,
+                         options=TRAIN_OPTIONS)[: cfg.validation.max_problems]
 
 
 class Validator:

@@ -90,8 +90,9 @@ def run_demo(config: str | None = None, out: str = "runs/demo", overrides: list[
     print(f"[demo] toy world: {world}")
     print(f"[demo] evaluating the warm-started base: {protocol.describe()}")
     before = evaluate_under(protocol, world, test, cfg.prompts)
-    print(f"[demo] training {cfg.steps} steps ({cfg.exposure.policy} exposure) into {out}")
-    result = train(cfg)
+    print(f"[demo] training {cfg.steps} steps ({cfg.exposure.policy} exposure) into {out}"
+          " (a previous demo run there is moved aside to <out>.old-<time>)")
+    result = train(cfg, overwrite=True)
     print("[demo] evaluating the trained model, same protocol")
     after = evaluate_under(protocol, result.output_dir / "final", test, cfg.prompts)
 
