@@ -36,7 +36,8 @@ def quick_bench(tiny_model_dir, data_dir, tmp_path_factory):
 def test_method_table_has_every_method_once():
     names = [m.name for m in METHODS]
     assert names == ["base", "sft", "grpo", "opsd", "fixed-0", "fixed-0.25", "fixed-0.5", "fixed-0.75", "random",
-                     "schedule", "schedule-down", "by-difficulty-easy-full", "by-difficulty-hard-full", "atesd", "atesd-per-example",
+                     "schedule", "schedule-down", "by-difficulty-easy-full", "by-difficulty-hard-full", "by-correct",
+                     "by-pass-rate", "by-confidence", "by-divergence", "atesd", "atesd-per-example",
                      "atesd-per-difficulty", "atesd-per-difficulty-paper-start",
                      "atesd-per-difficulty-floor", "atesd-per-difficulty-beta22", "atesd-slow", "atesd-paper", "atesd-discounted",
                      "atesd-one-step", "atesd-no-gt"]
@@ -77,6 +78,39 @@ def test_every_method_config_loads_with_the_same_rollout_budget(tmp_path, tiny_m
             assert cfg.exposure.grounding_weight == 0 and cfg.exposure.reward == "discounted"
     grpo = method_config(METHODS[2], 0, FULL_BUDGET, tmp_path / "g", str(tiny_model_dir), str(data_dir))
     assert (grpo.prompts_per_step, grpo.rollout.num_generations) == (4, 8)
+
+
+def test_label_free_oracles_give_the_hard_looking_rollouts_half_exposure(tmp_path, tiny_model_dir, data_dir):
+    by_name = {m.name: m for m in METHODS}
+    expected = {"by-correct": ("correct", "value", [0.5], [0.5, 1.0]),
+                "by-pass-rate": ("pass_rate", "value", [0.5], [0.5, 1.0]),
+                "by-confidence": ("confidence", "batch_quantile", [0.4], [0.5, 1.0]),
+                "by-divergence": ("divergence", "batch_quantile", [0.6], [1.0, 0.5])}
+    for name, (feature, binning, edges, ratios) in expected.items():
+        cfg = method_config(by_name[name], 0, FULL_BUDGET, tmp_path / name, str(tiny_model_dir), str(data_dir))
+        e = cfg.exposure
+        assert (e.policy, e.feature, e.feature_binning, e.feature_thresholds, e.feature_ratios) == (
+            "by_feature", feature, binning, edges, ratios)
+        assert cfg.loss.objective == "distill"
+    pass_rate = method_config(by_name["by-pass-rate"], 0, FULL_BUDGET, tmp_path / "p", str(tiny_model_dir),
+                              str(data_dir))  # a group of 4 rollouts per problem, the same rollout budget
+    assert (pass_rate.prompts_per_step, pass_rate.rollout.num_generations) == (8, 4)
+
+
+def test_seed_offset_runs_the_fresh_seeds_only(tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "fresh"
+    outcome = run_bench(quick=True, seeds=2, seed_offset=6, out=out, methods=["base", "by-pass-rate"],
+                        model_dir=tiny_model_dir, data_dir=data_dir)
+    assert sorted(outcome.ran) == [(6, "base"), (6, "by-pass-rate"), (7, "base"), (7, "by-pass-rate")]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["6", "7"]
+    bench = json.loads((out / "bench.json").read_text())
+    assert bench["seeds"] == [6, 7] and sorted({r["seed"] for r in bench["results"]}) == [6, 7]
+    assert "--seed-offset 6" in bench["command"]
+    result = json.loads((out / "7" / "by-pass-rate" / "result.json").read_text())
+    assert (result["seed"], result["prompts_per_step"], result["num_generations"]) == (7, 1, 2)
+    with pytest.raises(ValueError, match="seed-offset"):
+        run_bench(quick=True, seeds=1, seed_offset=-1, out=tmp_path / "bad", methods=["base"],
+                  model_dir=tiny_model_dir, data_dir=data_dir)
 
 
 def test_bench_overrides_reach_every_method_but_the_method_own_override_wins(tmp_path, tiny_model_dir, data_dir):

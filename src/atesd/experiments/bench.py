@@ -87,6 +87,19 @@ METHODS: tuple[Method, ...] = (
                                                         "exposure.difficulty_ratios=[1,1,1,0.5,0.5]")),
     Method("by-difficulty-hard-full", "toy-opsd.yaml", ("exposure.policy=by_difficulty",
                                                         "exposure.difficulty_ratios=[0.5,0.5,0.5,1,1]")),
+    # the same check over label-free features (`atesd.exposure.by_feature`): the easy-full oracle's 0.5 goes to
+    # the rollouts that look hard (about 42 % of the training problems are levels 4-5)
+    Method("by-correct", "toy-opsd.yaml", ("exposure.policy=by_feature", "exposure.feature=correct",
+                                           "exposure.feature_thresholds=[0.5]", "exposure.feature_ratios=[0.5,1]")),
+    Method("by-pass-rate", "toy-opsd.yaml", ("exposure.policy=by_feature", "exposure.feature=pass_rate",
+                                             "exposure.feature_thresholds=[0.5]", "exposure.feature_ratios=[0.5,1]",
+                                             "rollout.num_generations=4")),  # a group of 4 rollouts per problem
+    Method("by-confidence", "toy-opsd.yaml", ("exposure.policy=by_feature", "exposure.feature=confidence",
+                                              "exposure.feature_binning=batch_quantile",
+                                              "exposure.feature_thresholds=[0.4]", "exposure.feature_ratios=[0.5,1]")),
+    Method("by-divergence", "toy-opsd.yaml", ("exposure.policy=by_feature", "exposure.feature=divergence",
+                                              "exposure.feature_binning=batch_quantile",
+                                              "exposure.feature_thresholds=[0.6]", "exposure.feature_ratios=[1,0.5]")),
     Method("atesd", "toy-atesd.yaml"),  # paired counterfactual credit, one global α per step
     Method("atesd-per-example", "toy-atesd.yaml", ("exposure.granularity=per_example", "exposure.policy_lr=3e-3")),
     # one learned Beta per level, started at Beta(6, 1.2), α·m rounded to the nearest step; and its ablations
@@ -178,8 +191,8 @@ def method_config(method: Method, seed: int, budget: BenchBudget, run_dir: Path,
                   data_dir: str, config_dir: Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
     """The TrainConfig of one run: the method's file, the bench's `overrides` (the same for every
     method, e.g. optim.lr=1e-4), the method's overrides, then the bench's budget, seed (also the
-    exposure policy's seed), paths and validation settings; checkpoints at every validation. GRPO
-    gets prompts_per_step / G prompts of G rollouts each."""
+    exposure policy's seed), paths and validation settings; checkpoints at every validation. A method
+    with G > 1 rollouts per prompt (GRPO, the group pass rate) gets prompts_per_step / G prompts of G each."""
     common = [
         f"model.name_or_path={model_dir}", f"data.train={Path(data_dir) / 'train.jsonl'}",
         f"data.val={Path(data_dir) / 'val.jsonl'}", f"seed={seed}", f"exposure.seed={seed}",
@@ -192,10 +205,10 @@ def method_config(method: Method, seed: int, budget: BenchBudget, run_dir: Path,
     ]
     path = (config_dir or _default_config_dir()) / method.config
     cfg = load_config(path, [*overrides, *method.overrides, *common])
-    if cfg.loss.objective == "grpo":
+    if cfg.rollout.num_generations > 1:
         group = min(cfg.rollout.num_generations, budget.prompts_per_step)
         if budget.prompts_per_step % group:
-            raise ConfigError(f"bench: prompts_per_step={budget.prompts_per_step} is not a multiple of GRPO's "
+            raise ConfigError(f"bench: prompts_per_step={budget.prompts_per_step} is not a multiple of {method.name}'s "
                              f"{group} rollouts per prompt; the rollout budgets would differ")
         cfg = load_config(path, [*overrides, *method.overrides, *common, f"rollout.num_generations={group}",
                                  f"prompts_per_step={budget.prompts_per_step // group}"])
@@ -316,12 +329,14 @@ def _check_plan(out: Path, plan: dict) -> None:
 def run_bench(suite: str = "toy", seeds: int | None = None, quick: bool = False, out: str | os.PathLike | None = None,
               methods: Sequence[str] | None = None, model_dir: str | os.PathLike | None = None,
               data_dir: str | os.PathLike | None = None, config_dir: str | os.PathLike | None = None,
-              command: str | None = None, overrides: Sequence[str] = (), steps: int | None = None) -> BenchOutcome:
+              command: str | None = None, overrides: Sequence[str] = (), steps: int | None = None,
+              seed_offset: int = 0) -> BenchOutcome:
     """Run (or continue) the bench and write its report; see the module docstring.
 
-    seeds: how many seeds (0 … seeds − 1); default 3, or 1 with quick. methods: a subset of
-    `METHODS` by name (default all). model_dir / data_dir: a prebuilt model and a folder with
-    train.jsonl, val.jsonl, test.jsonl (default: the configs' toy world, or the quick world;
+    seeds: how many seeds (seed_offset … seed_offset + seeds − 1); default 3, or 1 with quick. seed_offset
+    (default 0): where they start, so fresh seeds are one call (seeds=3, seed_offset=6: seeds 6, 7, 8); the
+    folder's report covers the seeds of this call. methods: a subset of `METHODS` by name (default all).
+    model_dir / data_dir: a prebuilt model and a folder with train.jsonl, val.jsonl, test.jsonl (default: the configs' toy world, or the quick world;
     data_dir defaults to `<model_dir>/data`, a toy world's layout). command: shown in the report.
     overrides: `key=value` applied to every method's config before its own overrides (recorded in
     the plan: a folder holds one bench). steps: training steps per run instead of the budget's,
@@ -339,6 +354,9 @@ def run_bench(suite: str = "toy", seeds: int | None = None, quick: bool = False,
     seeds = seeds if seeds is not None else (1 if quick else 3)
     if seeds < 1:
         raise ConfigError(f"bench: --seeds must be >= 1, got {seeds}")
+    if seed_offset < 0:
+        raise ConfigError(f"bench: --seed-offset must be >= 0, got {seed_offset}")
+    seed_list = list(range(seed_offset, seed_offset + seeds))
     chosen = list(methods) if methods is not None else [m.name for m in METHODS]
     unknown = [name for name in chosen if name not in METHODS_BY_NAME]
     if unknown:
@@ -356,21 +374,22 @@ def run_bench(suite: str = "toy", seeds: int | None = None, quick: bool = False,
             model_dir = resolve_toy_paths(load_config(config_dir / "toy-opsd.yaml")).model.name_or_path
     model_dir = str(Path(model_dir).resolve())
     data_dir = str(Path(data_dir).resolve() if data_dir is not None else Path(model_dir) / "data")
-    command = command or f"atesd bench --suite {suite} --seeds {seeds}{' --quick' if quick else ''} --out {out}"
+    command = command or (f"atesd bench --suite {suite} --seeds {seeds}"
+                          f"{f' --seed-offset {seed_offset}' if seed_offset else ''}{' --quick' if quick else ''} --out {out}")
 
     out.mkdir(parents=True, exist_ok=True)
-    plan = {"suite": suite, "budget": asdict(budget), "seeds": list(range(seeds)), "methods": chosen,
+    plan = {"suite": suite, "budget": asdict(budget), "seeds": seed_list, "methods": chosen,
             "model_dir": model_dir, "data_dir": data_dir, "overrides": list(overrides)}
     _check_plan(out, plan)
     estimate = planned_seconds(budget, table, seeds)
-    print(f"[bench] {len(table)} methods × {seeds} seeds; per run {budget.steps} steps × "
+    print(f"[bench] {len(table)} methods × seeds {', '.join(map(str, seed_list))}; per run {budget.steps} steps × "
           f"{budget.prompts_per_step} rollouts = {budget.rollouts_per_run} (prompt, rollout) pairs "
           f"(GRPO: prompts_per_step / G prompts × G rollouts); validation every {budget.validation_every} steps "
           f"on {budget.val_problems} problems × {budget.val_k}; test: {budget.test.describe()}; estimated {estimate / 60:.1f} min on 2 CPU cores "
           "(a cost model, see atesd.experiments.bench)")
 
     results, ran, skipped = [], [], []
-    for seed in range(seeds):
+    for seed in seed_list:
         for method in table:
             run_dir = out / str(seed) / method.name
             if (run_dir / RESULT_FILE).is_file():
