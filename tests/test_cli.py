@@ -28,6 +28,14 @@ def test_eval_writes_eval_json_with_the_documented_keys(tiny_model_dir, toy_prob
     assert report["n_problems"] == 6 and report["k"] == 2
 
 
+def test_eval_takes_toy_names_for_the_model_and_the_data(tmp_path):
+    proc = _atesd("eval", "--model", "toy:toy-1m", "--data", "toy:test", "--limit", 3, "--k", 1,
+                  "--max-new-tokens", 8, "--out", tmp_path / "ev")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert report["n_problems"] == 3 and report["meta"]["data"].endswith("toy-1m/data/test.jsonl")
+
+
 def test_bad_data_file_gives_one_line_per_bad_row_and_no_traceback(tiny_model_dir, tmp_path):
     data = tmp_path / "bad.jsonl"
     good = {"id": "a", "problem": "p", "solution": "s \\boxed{1}"}

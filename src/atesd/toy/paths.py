@@ -1,37 +1,80 @@
-"""`toy:` names in a training config: `model.name_or_path: toy:toy-1m` builds (or finds in the
-cache) the toy world of that preset, and `data.train: toy:train` / `data.val: toy:val` name its
-splits. Everything else in atesd then sees an ordinary model directory and ordinary JSONL files."""
+"""`toy:` names, resolved in one place for every command and the Python API.
+
+- `toy:<preset>` as a model (`toy:toy-1m`, `toy:toy-5m`, `toy:toy-test`) is that preset's toy world
+  directory, built or found in the cache (toy-1m ships with the package).
+- `toy:<split>` as data (`toy:train`, `toy:val`, `toy:test`, `toy:test-large`) is the split's JSONL
+  file in the model's toy world: the world of a `toy:<preset>` model, or a toy world folder given by
+  path (a copy made by `atesd toy build --out`); for any other model (a trained run's `final/`, a
+  hub model) the shipped toy-1m world's.
+
+Everything else in atesd then sees an ordinary model directory and ordinary JSONL files; names
+without the prefix pass through unchanged.
+"""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 PREFIX = "toy:"
+DEFAULT_PRESET = "toy-1m"
+
+
+def is_toy_name(name) -> bool:
+    return isinstance(name, str) and name.startswith(PREFIX)
+
+
+def toy_world_of(model) -> Path | None:
+    """The toy world a model names: `toy:<preset>` (built if needed), or a folder holding a toy
+    world (its world.json); None for any other model."""
+    from atesd.toy.build import WORLD_FILE, build_toy_world
+    from atesd.toy.model import PRESETS
+
+    if is_toy_name(model):
+        preset = model[len(PREFIX):]
+        if preset not in PRESETS:
+            raise ValueError(f"model {model!r}: unknown toy preset {preset!r}; a toy model is one of "
+                             f"{', '.join(PREFIX + p for p in sorted(PRESETS))} (data splits such as toy:test "
+                             "go with --data / data.train / data.val)")
+        return build_toy_world(preset)
+    if model and (Path(str(model)) / WORLD_FILE).is_file():
+        return Path(str(model))
+    return None
+
+
+def resolve_toy_model(model):
+    """`toy:<preset>` → its world directory (a string); any other model unchanged."""
+    return str(toy_world_of(model)) if is_toy_name(model) else model
+
+
+def resolve_toy_data(data, model, field: str = "data"):
+    """`toy:<split>` → `<world>/data/<split>.jsonl` of the model's toy world (module docstring);
+    any other data unchanged. `field` names the setting in the error message."""
+    if not is_toy_name(data):
+        return data
+    from atesd.toy.build import DATA_DIR, build_toy_world
+
+    world = toy_world_of(model) or build_toy_world(DEFAULT_PRESET)
+    split = data[len(PREFIX):]
+    path = world / DATA_DIR / f"{split}.jsonl"
+    if not path.is_file():
+        splits = sorted(p.stem for p in (world / DATA_DIR).glob("*.jsonl"))
+        raise ValueError(f"{field}={data!r}: the toy world {world} has no split {split!r}; choose one of "
+                         f"{', '.join(PREFIX + s for s in splits)}")
+    return str(path)
+
+
+def resolve_model_and_data(model, data, field: str = "--data") -> tuple:
+    """(model, data) of a command that takes both (eval, mismatch, diagnose credit), resolved."""
+    return resolve_toy_model(model), resolve_toy_data(data, model, field)
 
 
 def resolve_toy_paths(cfg):
-    """A copy of the TrainConfig with `toy:` names replaced by paths (building the world if needed)."""
-    names = (cfg.model.name_or_path, cfg.data.train, cfg.data.val or "")
-    if not any(n.startswith(PREFIX) for n in names):
-        return cfg
-    if not cfg.model.name_or_path.startswith(PREFIX):
-        raise ValueError("data.train/data.val name toy splits ('toy:...') but model.name_or_path is not "
-                         "a toy world; use model.name_or_path: toy:toy-1m")
-    from atesd.toy.build import build_toy_world, world_splits
-
-    world = build_toy_world(cfg.model.name_or_path[len(PREFIX):])
-    splits = world_splits(world)
-
-    def split_path(name):
-        if not name or not name.startswith(PREFIX):
-            return name or None
-        split = name[len(PREFIX):]
-        if split not in splits:
-            raise ValueError(f"unknown toy split {name!r}; choose one of {', '.join('toy:' + s for s in splits)}")
-        return str(splits[split])
-
+    """A copy of the TrainConfig with its `toy:` names (model, data.train, data.val) resolved."""
+    model = cfg.model.name_or_path
     return replace(
         cfg,
-        model=replace(cfg.model, name_or_path=str(world)),
-        data=replace(cfg.data, train=split_path(cfg.data.train), val=split_path(cfg.data.val)),
+        model=replace(cfg.model, name_or_path=resolve_toy_model(model)),
+        data=replace(cfg.data, train=resolve_toy_data(cfg.data.train, model, "data.train"),
+                     val=resolve_toy_data(cfg.data.val, model, "data.val")),
     )
