@@ -35,3 +35,43 @@ def test_grounding_score_is_the_teacher_mean_logprob_of_the_withheld_reference(t
     (logprobs,) = completion_logprobs(tiny_model, [teacher_view(tiny_tokenizer, problem, 0.5, PromptConfig())],
                                       [completion], tiny_tokenizer.pad_token_id)
     assert batched[3] == pytest.approx(float(logprobs.double().mean()), abs=1e-6)
+
+
+def _sequences(tokenizer, toy_problems):
+    from atesd.prompts import student_prompt
+    from atesd.scoring import build_sequences
+
+    prompts = [student_prompt(tokenizer, p.problem, PromptConfig()) for p in toy_problems[:3]]
+    completions = [text_ids(tokenizer, reference_completion(p.solution, tokenizer)) for p in toy_problems[:3]]
+    return build_sequences(prompts, completions, tokenizer.pad_token_id)
+
+
+@pytest.mark.parametrize("wrap", ["plain", "peft"])
+def test_completion_hidden_is_the_last_hidden_state_without_keeping_every_layers(tiny_model, tiny_tokenizer,
+                                                                                 toy_problems, wrap):
+    from atesd.scoring import completion_hidden
+
+    model = tiny_model
+    if wrap == "peft":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    batch = _sequences(tiny_tokenizer, toy_problems)
+    requested = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: requested.append(kwargs), with_kwargs=True)
+    with torch.no_grad():
+        hidden = completion_hidden(model, batch)
+        everything = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                           position_ids=batch.position_ids, output_hidden_states=True).hidden_states
+    assert not requested[0].get("output_hidden_states")  # only the final norm's output is captured
+    expected = everything[-1].reshape(-1, everything[-1].shape[-1]).index_select(0, batch.target_index)
+    assert hidden.shape == (len(batch.target_ids), everything[-1].shape[-1])
+    assert torch.equal(hidden, expected)
+
+
+def test_completion_hidden_keeps_the_graph_for_the_student_loss(tiny_model, tiny_tokenizer, toy_problems):
+    from atesd.scoring import completion_hidden
+
+    hidden = completion_hidden(tiny_model.train(), _sequences(tiny_tokenizer, toy_problems))
+    hidden.square().sum().backward()
+    assert tiny_model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0

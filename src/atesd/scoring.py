@@ -79,21 +79,43 @@ def build_sequences(
     )
 
 
+def final_norm(model) -> torch.nn.Module:
+    """The decoder's final norm, whose output is the final hidden state h_L (the head's input),
+    through DDP/DeepSpeed (`.module`) and peft wrappers; FSDP2 wraps modules in place."""
+    inner = model
+    while hasattr(inner, "module") and isinstance(inner.module, torch.nn.Module):
+        inner = inner.module
+    if hasattr(inner, "get_base_model"):  # peft
+        inner = inner.get_base_model()
+    norm = getattr(inner.get_decoder(), "norm", None)
+    if not isinstance(norm, torch.nn.Module):
+        raise TypeError(f"{type(inner).__name__} has no final norm at get_decoder().norm; atesd scores decoder-only "
+                        "causal LMs with one (Qwen3, Llama, ...)")
+    return norm
+
+
 def completion_hidden(model, batch: SequenceBatch) -> torch.Tensor:
     """Final (normed) hidden states at the positions predicting completion tokens: [N, H].
 
     The model's own forward is called (so DDP/FSDP wrappers see it) with logits for one position
-    only; the full [B, L, V] logits are never built.
+    only; the full [B, L, V] logits are never built. The final hidden state is taken from the
+    final norm's output by a forward hook, not with `output_hidden_states=True`, which would keep
+    every layer's [B, L, H] states alive (L+1 tensors; ~19 GB for an 8B model's probe over
+    4k-token references) when only the last is read.
     """
-    out = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        output_hidden_states=True,
-        logits_to_keep=1,
-        use_cache=False,
-    )
-    hidden = out.hidden_states[-1]  # [B, L, H]
+    captured: list[torch.Tensor] = []
+    hook = final_norm(model).register_forward_hook(lambda module, inputs, output: captured.append(output))
+    try:
+        model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            logits_to_keep=1,
+            use_cache=False,
+        )
+    finally:
+        hook.remove()
+    hidden = captured[0]  # [B, L, H]: the first call is the forward's (a checkpointed recompute comes later)
     return hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.target_index)
 
 
