@@ -4,7 +4,9 @@
 model loaded) with `data_parallel` engines of `tensor_parallel` GPUs each. One engine runs in this
 process; several run in spawned processes, engine i on GPUs [i·tp, (i+1)·tp) of the visible ones
 (CUDA_VISIBLE_DEVICES set for its process), and they take the evaluation's generation chunks
-round-robin. `atesd.evaluate.evaluate` hands it all chunks at once (`generate_chunks`); each chunk
+round-robin; each engine receives its whole share in one `LLM.generate` call
+(`VLLMRolloutEngine.generate_chunks`), so vLLM schedules the benchmark at once rather than one
+problem's samples at a time. `atesd.evaluate.evaluate` hands it all chunks at once (`generate_chunks`); each chunk
 keeps its own derived seed (`atesd.evaluate`, departure 3), so the samples do not depend on how many
 engines there are, and with greedy decoding they are the HF backend's (the vLLM backend's
 departures, `atesd.rollout.vllm`, apply otherwise). eval.json has the same fields for both
@@ -89,7 +91,7 @@ def _serve(model_dir: str, tensor_parallel: int, options: dict, chunks: list) ->
         tokenizer.pad_token = tokenizer.eos_token
     engine = VLLMRolloutEngine.from_pretrained(model_dir, tokenizer, tensor_parallel_size=tensor_parallel, **options)
     try:
-        return [engine.generate(prompts, params) for prompts, params in chunks]
+        return engine.generate_chunks(chunks)  # the whole share in one vLLM call
     finally:
         engine.close()
 

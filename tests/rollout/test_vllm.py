@@ -279,3 +279,17 @@ def test_release_cached_memory_runs_without_cuda():
     from atesd.rollout.vllm import release_cached_memory
 
     release_cached_memory()  # CPU: nothing initialised, nothing to release, no error
+
+
+@pytest.mark.vllm
+def test_chunks_in_one_vllm_call_equal_each_chunk_generated_alone(engine, prompts):
+    chunks = [(prompts[:2], SAMPLED), (prompts[2:], replace(SAMPLED, seed=11)), (prompts[:1], GREEDY), ([], GREEDY)]
+    calls = []
+    generate = engine.llm.generate
+    engine.llm.generate = lambda *args, **kwargs: calls.append(len(args[0])) or generate(*args, **kwargs)
+    try:
+        together = engine.generate_chunks(chunks)
+    finally:
+        engine.llm.generate = generate
+    assert calls == [len(prompts) + 1]  # every chunk's requests in one call
+    assert together == [engine.generate(chunk_prompts, params) for chunk_prompts, params in chunks]

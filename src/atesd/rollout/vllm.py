@@ -25,7 +25,11 @@ max_new_tokens or the engine's max_model_len ran out first):
 2. Seeds: vLLM seeds each request on its own, so one seed for a whole call would give repeated
    prompts identical samples. Row i of a call with seed s gets the seed blake2b(s, i) (31 bits):
    reproducible, distinct per row, unrelated across neighbouring seeds. A seeded call leaves the
-   caller's torch RNG as it was (the CPU sampler also draws from the global generator).
+   caller's torch RNG as it was (the CPU sampler also draws from the global generator). The cost:
+   a batch with seeded requests is sampled with one torch.Generator per request rather than in one
+   batched draw (vLLM's sampler); kept, since training and evaluation must be reproducible and an
+   evaluation's samples must not depend on the engine count. Not yet measured on a GPU (the lent
+   GPU machines have no vLLM); an unseeded call (seed None) takes the batched path.
 3. Weight sync sends every weight, in checkpoint names, on each call. A peft LoRA model is sent
    merged, W + (α/r)·B·A computed one matrix at a time by peft's own `get_delta_weight` while vLLM
    consumes the iterator: the training model is never merged/unmerged or copied (the OPSD
@@ -275,27 +279,38 @@ class VLLMRolloutEngine:
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Rollout]:
         """One completion per prompt, in order; all prompts go to vLLM in one call."""
-        if not prompts:
-            return []
-        requests = []
-        for row, prompt in enumerate(prompts):
-            if len(prompt) == 0:
-                raise ValueError(f"prompt {row} is empty")
-            requests.append({"prompt_token_ids": [int(t) for t in prompt]})
-        filtered = params.top_k > 0 or params.top_p < 1
-        if filtered and not params.greedy and not self._warned_filtered_logprobs:
-            self._warned_filtered_logprobs = True
-            logger.warning("with top-k/top-p on, vLLM's rollout log-probs are normalised over the kept "
-                           "tokens (log p_τ − log Z_kept), not over the full vocabulary")
+        return self.generate_chunks([(prompts, params)])[0]
+
+    def generate_chunks(self, chunks: Sequence[tuple[Sequence[Sequence[int]], SamplingParams]]) -> list[list[Rollout]]:
+        """The rollouts of every (prompts, params) chunk, in order, from one `LLM.generate` call over
+        all of them (vLLM schedules the whole set; evaluation submits a benchmark at once). Row i of
+        a chunk seeded with s gets row_seed(s, i), exactly as when the chunk is generated alone."""
+        requests, sampling, sizes = [], [], []
+        for prompts, params in chunks:
+            sizes.append(len(prompts))
+            for row, prompt in enumerate(prompts):
+                if len(prompt) == 0:
+                    raise ValueError(f"prompt {row} is empty")
+                requests.append({"prompt_token_ids": [int(t) for t in prompt]})
+                sampling.append(self._sampling_params(params, None if params.seed is None else row_seed(params.seed, row)))
+            filtered = params.top_k > 0 or params.top_p < 1
+            if filtered and not params.greedy and not self._warned_filtered_logprobs:
+                self._warned_filtered_logprobs = True
+                logger.warning("with top-k/top-p on, vLLM's rollout log-probs are normalised over the kept "
+                               "tokens (log p_τ − log Z_kept), not over the full vocabulary")
+        if not requests:
+            return [[] for _ in chunks]
         self._awake()
-        seeded = params.seed is not None
-        if seeded:
-            sampling = [self._sampling_params(params, row_seed(params.seed, row)) for row in range(len(prompts))]
-        else:
-            sampling = self._sampling_params(params, None)
+        seeded = any(params.seed is not None for _, params in chunks)
         with _caller_rng_preserved() if seeded else contextlib.nullcontext():
             outputs = self.llm.generate(requests, sampling, use_tqdm=False)
-        return [self._rollout(prompt, output.outputs[0]) for prompt, output in zip(prompts, outputs)]
+        rollouts = [self._rollout(request["prompt_token_ids"], output.outputs[0])
+                    for request, output in zip(requests, outputs)]
+        out, start = [], 0
+        for size in sizes:
+            out.append(rollouts[start:start + size])
+            start += size
+        return out
 
     def _rollout(self, prompt: Sequence[int], completion) -> Rollout:
         tokens = tuple(int(t) for t in completion.token_ids)
