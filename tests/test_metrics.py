@@ -43,3 +43,18 @@ def test_a_step_without_rollouts_logs_no_loop_rate(accelerator):
     summary = summarize_step(accelerator, torch.tensor(0.1), [_stats([len(c) for c in completions])], None,
                              [True, True], completions)
     assert summary.loop_rate is None and "rollout/loop_rate" not in summary.metrics()
+
+
+def test_group_statistics_count_groups_whose_rewards_are_all_equal(accelerator):
+    rollouts = [_rollout(FINE, False) for _ in range(8)]
+    completions = [list(r.completion_ids) for r in rollouts]
+    # groups of 4: [1, 1, 1, 1] (no advantage), [1, 0, 0, 0] (std sqrt(3)/4)
+    correct = [True] * 4 + [True, False, False, False]
+    summary = summarize_step(accelerator, torch.tensor(0.1), [_stats([len(c) for c in completions])], rollouts,
+                             correct, completions, group_size=4)
+    assert summary.zero_advantage_groups == 0.5
+    assert summary.group_reward_std == pytest.approx(3 ** 0.5 / 4 / 2)
+    assert summary.metrics()["rollout/zero_advantage_groups"] == 0.5
+    one_rollout_each = summarize_step(accelerator, torch.tensor(0.1), [_stats([len(c) for c in completions])],
+                                      rollouts, correct, completions)
+    assert "rollout/zero_advantage_groups" not in one_rollout_each.metrics()

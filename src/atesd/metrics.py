@@ -43,6 +43,9 @@ class StepSummary:
     self_confidence: mean log-prob of the sampled tokens under the sampling distribution (None
     without rollouts, e.g. SFT). truncated: share of rollouts that hit max_new_tokens. loop_rate:
     share of rollouts whose completion ids end in a repetition loop (`atesd.loops`).
+    zero_advantage_groups, group_reward_std: with G ≥ 2 rollouts per prompt (GRPO), the share of
+    groups whose G verified rewards are all equal (their group-normalised advantage is 0: no
+    gradient) and the mean over groups of the rewards' standard deviation (None when G = 1).
     """
 
     loss: float
@@ -61,6 +64,8 @@ class StepSummary:
     self_confidence: float | None
     truncated: float | None
     loop_rate: float | None = None
+    zero_advantage_groups: float | None = None
+    group_reward_std: float | None = None
 
     def metrics(self) -> dict:
         """The metrics.jsonl entries of this summary (None-valued optional ones left out)."""
@@ -78,14 +83,16 @@ class StepSummary:
         optional = {"train/top1_disagreement": self.top1_disagreement, "train/clip_fraction": self.clip_fraction,
                     "train/student_entropy": self.student_entropy, "train/teacher_entropy": self.teacher_entropy,
                     "rollout/self_confidence": self.self_confidence, "rollout/truncated": self.truncated,
-                    "rollout/loop_rate": self.loop_rate}
+                    "rollout/loop_rate": self.loop_rate, "rollout/zero_advantage_groups": self.zero_advantage_groups,
+                    "rollout/group_reward_std": self.group_reward_std}
         return {**out, **{k: v for k, v in optional.items() if v is not None}}
 
 
 def summarize_step(accelerator, loss_sum: torch.Tensor, stats: Sequence[LossStats], rollouts, correct: Sequence[bool],
-                   completions: Sequence[Sequence[int]]) -> StepSummary:
+                   completions: Sequence[Sequence[int]], group_size: int = 1) -> StepSummary:
     """The StepSummary of one step from this process's micro-batch stats, rollouts (None when the
-    objective samples none) and verified answers; every process must call it (it gathers)."""
+    objective samples none) and verified answers, whose groups of `group_size` rollouts of one prompt
+    are contiguous on each process; every process must call it (it gathers)."""
     counted = [value for s in stats for value in s.per_token[s.mask].tolist()]
     tokens = _gather(accelerator, counted)
     per_rollout = _gather(accelerator, [v for s in stats for v in s.per_rollout().tolist()])
@@ -107,6 +114,11 @@ def summarize_step(accelerator, loss_sum: torch.Tensor, stats: Sequence[LossStat
         self_confidence = _mean(_gather(accelerator, [lp for r in rollouts for lp in r.logprobs]))
         truncated = _mean(_gather(accelerator, [r.truncated for r in rollouts]))
         loop_rate = _mean(_gather(accelerator, [ends_in_loop(r.completion_ids) for r in rollouts]))
+    zero_advantage_groups = group_reward_std = None
+    if rollouts is not None and group_size > 1:
+        groups = [correct_all[i:i + group_size] for i in range(0, len(correct_all), group_size)]
+        zero_advantage_groups = _mean([float(len(set(g)) == 1) for g in groups])
+        group_reward_std = _mean([float(torch.tensor(g, dtype=torch.float64).std(unbiased=False)) for g in groups])
     return StepSummary(
         loss=accelerator.reduce(loss_sum.detach().float().reshape(1), "mean").item(),
         divergence_mean=_mean(tokens), divergence_p95=_quantile(tokens, 0.95), divergence_p99=_quantile(tokens, 0.99),
@@ -115,4 +127,5 @@ def summarize_step(accelerator, loss_sum: torch.Tensor, stats: Sequence[LossStat
         teacher_entropy=token_mean("teacher_entropy"), clip_fraction=token_mean("clip_fraction"),
         rollout_accuracy=_mean(correct_all), completion_length=_mean(lengths), tokens=int(sum(lengths)),
         self_confidence=self_confidence, truncated=truncated, loop_rate=loop_rate,
+        zero_advantage_groups=zero_advantage_groups, group_reward_std=group_reward_std,
     )

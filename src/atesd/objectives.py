@@ -184,8 +184,7 @@ class GroupRelative:
 
     def loss(self, policy, head, teacher: Teacher, unwrapped, views: StepViews, rollouts_per_process: int):
         batch = views.student
-        rewards = views.rewards.view(-1, views.group_size)
-        advantages = ((rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True, unbiased=False) + 1e-4)).view(-1)
+        advantages = group_advantages(views.rewards, views.group_size)
         weights = per_rollout_weights(batch, rollouts_per_process)
         hidden = completion_hidden(policy, batch)
         reference = None
@@ -216,6 +215,15 @@ class GroupRelative:
             per_token = per_token + self.kl_coef * (torch.exp(delta) - delta - 1)
         loss = (per_token * weights).sum()
         return loss, LossStats.of(per_token, weights > 0, batch)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[B] GRPO's advantages A_i = (r_i − mean_G r)/(std_G r + ε) of rewards [B] whose consecutive runs of
+    `group_size` are the rollouts of one prompt (std over the group, not unbiased; ε = 1e-4): a group
+    whose rewards are all equal gets A = 0 (Shao et al. 2024, eq. for outcome supervision)."""
+    grouped = rewards.view(-1, group_size)
+    centred = grouped - grouped.mean(1, keepdim=True)
+    return (centred / (grouped.std(1, keepdim=True, unbiased=False) + 1e-4)).view(-1)
 
 
 def float32_logits(cfg: LossConfig) -> bool:

@@ -126,7 +126,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Tr
         with timer("update"):
             finite, grad_norm = update(run, finite)
         with timer("observe"):
-            summary = summarize_step(run.accelerator, loss_sum, stats, rollouts, correct, completions)
+            summary = summarize_step(run.accelerator, loss_sum, stats, rollouts, correct, completions,
+                                     run.cfg.rollout.num_generations)
             if run.accelerator.is_main_process:
                 signals = signals_from(summary, measured) if finite else None
                 for record in run.exposure.observe(step, signals, credit):
@@ -143,8 +144,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Tr
         run.log(step, metrics)
         run.after_step(step, finite)
         ratios_used.append(reveal_ratio)
-    run.finish()
         loss = float(metrics["train/loss"])
+    run.finish()
     return TrainResult(Path(cfg.output_dir), run.unwrapped, ratios_used, run.rank, run.world, steps=cfg.steps,
                        steps_run=len(ratios_used), seconds=time.perf_counter() - began, final_loss=loss)
 
