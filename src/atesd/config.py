@@ -20,6 +20,7 @@ from typing import Literal, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from atesd.config_names import report_to_list, trl_suggestion
 from atesd.exposure.config import ExposureConfig
 from atesd.prompts import PromptConfig
 
@@ -228,7 +229,7 @@ class TrainConfig:
     save_every: int = 50  # checkpoint every N steps (and at the end)
     keep_checkpoints: int = 2  # most recent checkpoints kept on disk
     max_bad_steps: int = 5  # stop after this many non-finite losses in a row
-    report_to: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb
+    report_to: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb ("wandb" works too)
     progress: bool = True  # tqdm progress bar on the main process
 
     def __post_init__(self) -> None:
@@ -258,13 +259,19 @@ def valid_keys(schema: type = TrainConfig, prefix: str = "") -> list[str]:
 
 
 def _unknown_key_error(bad: str, source: str, schema: type) -> ConfigError:
+    """The error for an unknown key: the atesd key of a TRL / Transformers name (atesd.config_names),
+    else the closest valid spelling."""
+    trl = trl_suggestion(bad) if schema is TrainConfig else None
     close = difflib.get_close_matches(bad, valid_keys(schema), n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
+    hint = f"; {trl}" if trl else f"; did you mean '{close[0]}'?" if close else ""
     return ConfigError(f"{source}: unknown config key '{bad}'{hint}")
 
 
 def merge_into(base, other, source: str, schema: type = None):
-    """OmegaConf.merge with errors that name the source and suggest the closest valid key."""
+    """OmegaConf.merge with errors that name the source and suggest the closest valid key; a string
+    `report_to` (TRL's `report_to="wandb"`) becomes a list first."""
+    if OmegaConf.is_dict(other) and isinstance(other.get("report_to"), str):
+        other.report_to = report_to_list(other.report_to)
     try:
         return OmegaConf.merge(base, other)
     except ConfigKeyError as err:
@@ -310,6 +317,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except (ValueError, TypeError) as err:  # __post_init__ validation of a section
         raise ConfigError(str(err)) from None
     return cfg
+
+
+def hyperparameters(cfg: TrainConfig) -> dict:
+    """The resolved config as flat `section.key` → scalar pairs, what the trackers record as the
+    run's hyperparameters (TensorBoard's hparams take numbers, strings and booleans only)."""
+    flat = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+
+    walk(OmegaConf.to_container(OmegaConf.structured(cfg)), "")
+    return flat
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:

@@ -26,7 +26,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from atesd.checkpoint import RunDir, check_output_dir, move_aside
-from atesd.config import TrainConfig, save_config
+from atesd.config import TrainConfig, hyperparameters, save_config
 from atesd.data import TRAIN_OPTIONS, load_problems
 from atesd.data_checks import drop_long_prompts
 from atesd.distributed import make_accelerator, through_head
@@ -202,7 +202,7 @@ class TrainingRun:
                                       **_engine_options(cfg, accelerator, tokenizer, problems)),
                   Validator(cfg, tokenizer, out, validation_problems) if validation_problems is not None else None)
         if cfg.report_to:
-            accelerator.init_trackers("atesd", config={"output_dir": str(out)})
+            accelerator.init_trackers("atesd", config=hyperparameters(cfg))
         if resume:
             run._restore()
         run.dir.truncate_logs(run.start_step)
