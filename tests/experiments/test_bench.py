@@ -39,7 +39,7 @@ def test_method_table_has_every_method_once():
                      "schedule", "schedule-down", "by-difficulty-easy-full", "by-difficulty-hard-full", "by-correct",
                      "by-pass-rate", "by-confidence", "by-divergence", "atesd", "atesd-per-example",
                      "atesd-per-difficulty", "atesd-per-difficulty-paper-start",
-                     "atesd-per-difficulty-floor", "atesd-per-difficulty-beta22", "atesd-slow", "atesd-paper", "atesd-discounted",
+                     "atesd-per-difficulty-floor", "atesd-per-difficulty-beta22", "atesd-slow", "atesd-paper-exact", "atesd-paper", "atesd-discounted",
                      "atesd-one-step", "atesd-no-gt"]
     assert [m.name for m in METHODS if not m.trains] == ["base"]
 
@@ -69,9 +69,15 @@ def test_every_method_config_loads_with_the_same_rollout_budget(tmp_path, tiny_m
                 "floor", 2.0, 2.0)
         if method.config == "toy-atesd-paper.yaml":  # the paper's controller and its ablations
             assert cfg.exposure.hold_steps == 4 and cfg.exposure.decisions_per_update == 4
-        if method.name == "atesd-paper":
+        if method.name in ("atesd-paper", "atesd-paper-exact"):
             assert (cfg.exposure.reward, cfg.exposure.progress_signal, cfg.exposure.lookahead_steps) == (
                 "discounted", "distill_loss", 8)
+        if method.name == "atesd-paper-exact":  # λ_gt after scaling, g_{t0+1} … g_{t0+L}, the 6 features
+            assert (cfg.exposure.grounding_scale, cfg.exposure.grounding_steps, len(cfg.exposure.state_features)) == (
+                "zscore", "next", 6)
+        if method.name in ("atesd-paper", "atesd-one-step", "atesd-no-gt"):  # as their committed results ran
+            assert (cfg.exposure.grounding_scale, cfg.exposure.grounding_steps, len(cfg.exposure.state_features)) == (
+                "none", "own", 7)
         if method.name == "atesd-one-step":
             assert cfg.exposure.reward == "one_step"
         if method.name == "atesd-no-gt":

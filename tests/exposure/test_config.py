@@ -24,8 +24,9 @@ def test_the_papers_choices_are_one_override_each():
     from atesd.config import load_config
 
     paper = load_config("configs/toy-atesd-paper.yaml").exposure
-    assert (paper.lookahead_steps, paper.progress_signal, paper.grounding_scale, paper.policy_lr) == (
-        8, "distill_loss", "none", 1e-3)
+    assert (paper.lookahead_steps, paper.progress_signal, paper.grounding_scale, paper.grounding_steps,
+            paper.policy_lr) == (8, "distill_loss", "zscore", "next", 1e-3)
+    assert len(paper.state_features) == 6 and "top1_disagreement_ema" not in paper.state_features
 
 
 def test_config_round_trips_through_an_omegaconf_structured_config():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import statistics
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from atesd.exposure import (
     controller_loss,
     default_target_entropy,
     entropy_penalty,
+    grounding_return,
     make_exposure_policy,
 )
 
@@ -283,3 +285,57 @@ def test_policy_finds_a_bandit_optimum_at_a_realistic_budget(reward, policy_lr, 
         a, b = policy.network.shapes(policy.tracker.features(499))
         hits += abs(a / (a + b) - 0.7) < tolerance
     assert hits >= hits_needed, f"the policy mean ended within {tolerance} of the optimum on {hits} of 10 seeds"
+
+
+def _paper_run(total_steps: int):
+    """The controller of configs/toy-atesd-paper.yaml on deterministic signals whose grounding score
+    is 10·t (each step's g_t tells its step apart); the credit records in closing order."""
+    from atesd.config import load_config
+
+    cfg = load_config("configs/toy-atesd-paper.yaml").exposure
+    policy = make_exposure_policy(cfg, total_steps)
+    records = []
+    for step in range(total_steps):
+        ratio = policy.ratio_for_step(step)
+        records += policy.observe(step, _signals(step, ratio, grounding=10.0 * step))
+    return cfg, policy, records
+
+
+def test_paper_controller_averages_g_over_the_steps_after_the_decision():
+    cfg, _, records = _paper_run(60)
+    credits = [r for r in records if r["event"] == "credit"]
+    assert cfg.lookahead_steps == 8 and len(credits) >= 8
+    for record in credits:  # G_gt = Σ γ^{i−1} g_{t0+i} / Σ γ^{i−1}, i = 1 … L (not g_{t0} … g_{t0+L−1})
+        t0 = record["decision_step"]
+        scores = [10.0 * (t0 + i) for i in range(1, cfg.lookahead_steps + 1)]
+        assert record["grounding_return"] == pytest.approx(grounding_return(scores, cfg.discount))
+        assert record["closed_step"] == t0 + cfg.lookahead_steps
+
+
+def test_paper_controller_weighs_g_gt_after_scaling_each_part_by_its_running_std():
+    cfg, _, records = _paper_run(60)
+    credits = [r for r in records if r["event"] == "credit"]
+    assert cfg.grounding_weight == 0.1
+    progress, grounding = [], []
+    for record in credits:  # R = G_lp / std(G_lp so far) + λ_gt · G_gt / std(G_gt so far)
+        progress.append(record["progress_return"])
+        grounding.append(record["grounding_return"])
+        scaled = [values[-1] / statistics.pstdev(values) if len(values) > 1 else 0.0 for values in (progress, grounding)]
+        expected = scaled[0] + cfg.grounding_weight * scaled[1]
+        assert record["reward"] == pytest.approx(expected)
+        assert record["reward"] != pytest.approx(progress[-1] + cfg.grounding_weight * grounding[-1])  # unscaled
+
+
+def test_paper_controller_sees_the_papers_six_state_features():
+    cfg, policy, records = _paper_run(8)
+    paper = ("progress", "ratio_ema", "distill_loss_ema", "divergence_mean_ema", "probe_nll_ema", "self_confidence")
+    assert tuple(cfg.state_features) == paper and policy.network.layers[0].in_features == 6
+    decisions = [r for r in records if r["event"] == "decision"]
+    assert decisions and all(tuple(d["state"]) == paper for d in decisions)
+
+
+def test_state_features_must_be_known_names_in_order():
+    with pytest.raises(ValueError, match="state_features"):
+        ExposureConfig(policy="learned", state_features=["self_confidence", "progress"])
+    with pytest.raises(ValueError, match="state_features"):
+        ExposureConfig(policy="learned", state_features=["progress", "loss"])

@@ -69,6 +69,9 @@ class Method:
     trains: bool = True
 
 
+PAPER_BEFORE_25 = ("exposure.grounding_scale=none", "exposure.grounding_steps=own",
+                   "exposure.state_features=[progress,ratio_ema,distill_loss_ema,divergence_mean_ema,"
+                   "top1_disagreement_ema,probe_nll_ema,self_confidence]")
 METHODS: tuple[Method, ...] = (
     Method("base", "toy-opsd.yaml", trains=False),
     Method("sft", "toy-sft.yaml"),
@@ -110,12 +113,15 @@ METHODS: tuple[Method, ...] = (
     Method("atesd-per-difficulty-beta22", "toy-atesd-per-difficulty.yaml",
            ("exposure.initial_beta_a=2", "exposure.initial_beta_b=2")),
     Method("atesd-slow", "toy-atesd.yaml", ("exposure.policy_lr=3e-3",)),  # toy-atesd.yaml's rate before 2026-11-29
-    Method("atesd-paper", "toy-atesd-paper.yaml"),  # the paper's controller as published
+    Method("atesd-paper-exact", "toy-atesd-paper.yaml"),  # the paper's controller, exactly (docs/algorithm.md)
+    # toy-atesd-paper.yaml as it was before issue 25 (G_gt unscaled, over g_{t0} … g_{t0+L−1}, 7 state features),
+    # which the committed "atesd-paper" and ablation results ran with
+    Method("atesd-paper", "toy-atesd-paper.yaml", PAPER_BEFORE_25),
     Method("atesd-discounted", "toy-atesd-paper.yaml",  # the paper's reward with our fixes
-           ("exposure.progress_signal=probe_nll", "exposure.lookahead_steps=4", "exposure.grounding_scale=zscore",
-            "exposure.policy_lr=1e-2")),
-    Method("atesd-one-step", "toy-atesd-paper.yaml", ("exposure.reward=one_step",)),
-    Method("atesd-no-gt", "toy-atesd-paper.yaml", ("exposure.grounding_weight=0",)),
+           (*PAPER_BEFORE_25, "exposure.progress_signal=probe_nll", "exposure.lookahead_steps=4",
+            "exposure.grounding_scale=zscore", "exposure.policy_lr=1e-2")),
+    Method("atesd-one-step", "toy-atesd-paper.yaml", (*PAPER_BEFORE_25, "exposure.reward=one_step")),
+    Method("atesd-no-gt", "toy-atesd-paper.yaml", (*PAPER_BEFORE_25, "exposure.grounding_weight=0")),
 )
 METHODS_BY_NAME = {m.name: m for m in METHODS}
 

@@ -29,6 +29,8 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
+from atesd.exposure.state import FEATURE_NAMES
+
 
 @dataclass
 class ExposureConfig:
@@ -86,6 +88,9 @@ class ExposureConfig:
     # its running standard deviation over the decisions so far (the method's "after scaling");
     # "none" adds them in their own units (nats), where G_gt's −1…−2 dwarfs G_lp's ~0.01.
     grounding_scale: Literal["zscore", "none"] = "zscore"
+    # Which steps' g_t G_gt averages: "next" g_{t0+1} … g_{t0+L} (the paper's formula) or "own"
+    # g_{t0} … g_{t0+L−1} (ours: with L = H every term is measured under the decision's own α).
+    grounding_steps: Literal["own", "next"] = "own"
     # "discounted": G_lp over L steps (paper). "one_step": the immediate change ℓ_{t0} − ℓ_{t0+1}
     # and G_gt = g_{t0+1} (the paper's ablation row has grounding_weight=0 as well).
     # "counterfactual" (ours): each decision also draws a counterfactual α′ from the same policy;
@@ -122,6 +127,10 @@ class ExposureConfig:
     # usable credit stay near OPSD instead of at α ≈ 0.5.
     initial_beta_a: float = 2.0
     initial_beta_b: float = 2.0
+    # The state s the global controller sees (granularity="global"), a subset of
+    # `atesd.exposure.state.FEATURE_NAMES` in that order. Default all 7; the paper's 6 leave out
+    # top1_disagreement_ema (its one mismatch feature is the mean per-token divergence).
+    state_features: list[str] = field(default_factory=lambda: list(FEATURE_NAMES))
     # Width of the two hidden layers of the controller MLP f_φ.
     hidden_size: int = 64
     # Decay of the exponential moving averages in the state s: ema ← d·ema + (1 − d)·x.
@@ -170,6 +179,13 @@ class ExposureConfig:
             raise ValueError(f"exposure.difficulty_ratios must be a non-empty list of ratios in [0, 1], "
                              f"got {self.difficulty_ratios}")
         _check_bins(self)
+        if (not self.state_features or len(set(self.state_features)) != len(self.state_features)
+                or [n for n in FEATURE_NAMES if n in self.state_features] != list(self.state_features)):
+            raise ValueError(f"exposure.state_features must be distinct names from {list(FEATURE_NAMES)}, in that "
+                             f"order, got {self.state_features}")
+        if self.granularity != "global" and list(self.state_features) != list(FEATURE_NAMES):
+            raise ValueError(f"exposure.state_features selects the global controller's state; granularity="
+                             f"{self.granularity} uses all {len(FEATURE_NAMES)} features: leave it at its default")
         if self.granularity != "global" and self.reward != "counterfactual":
             raise ValueError(f"exposure.granularity={self.granularity} needs exposure.reward=counterfactual: the "
                              "lookahead rewards measure the whole batch's progress and cannot credit one example")

@@ -39,8 +39,9 @@ class ExposureDecision:
     beta_b: float | None = None
     counterfactual_raw_ratio: float | None = None
 
-    def record(self) -> dict:
-        """The `exposure.jsonl` line for this decision (event "decision")."""
+    def record(self, state_names: tuple[str, ...] = FEATURE_NAMES) -> dict:
+        """The `exposure.jsonl` line for this decision (event "decision"); `state_names` name the
+        entries of `state` (the controller's `exposure.state_features`)."""
         record: dict = {
             "event": "decision",
             "step": self.step,
@@ -49,7 +50,7 @@ class ExposureDecision:
             "reveal_ratio": self.reveal_ratio,
         }
         if self.beta_a is not None and self.beta_b is not None:
-            record["state"] = dict(zip(FEATURE_NAMES, self.state))
+            record["state"] = dict(zip(state_names, self.state))
             record["beta_a"] = self.beta_a
             record["beta_b"] = self.beta_b
             record["beta_mean"] = self.beta_a / (self.beta_a + self.beta_b)

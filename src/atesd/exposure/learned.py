@@ -7,7 +7,8 @@ ATESD (arXiv 2605.11458), controller section:
   * At the start of each hold window (every H steps) it samples α_raw ~ Beta(a, b) and uses
     α = clip(α_raw, α_min, α_max) for the H steps of the window.
   * reward="discounted" / "one_step": a decision taken at step t0 is pending until its lookahead
-    closes after observe(t0 + L) (ℓ_{t0} … ℓ_{t0+L} and g_{t0} … g_{t0+L−1}; `atesd.exposure.reward`),
+    closes after observe(t0 + L) (ℓ_{t0} … ℓ_{t0+L} and g_{t0} … g_{t0+L−1}, or with
+    grounding_steps="next" the paper's g_{t0+1} … g_{t0+L}; `atesd.exposure.reward`),
     then earns R = G_lp + λ_gt·G_gt (each z-scored first with grounding_scale="zscore").
   * reward="counterfactual" (ours): the decision also draws α′_raw from the same Beta; on the first
     step of its window the loop measures, on the same θ_t and rollouts, the first-order probe credit
@@ -24,7 +25,8 @@ on rank 0 (with signals already averaged over ranks), broadcasts α to the other
 this policy's `state_dict` from rank 0.
 
 Departures from the paper (all but 1–4 are options; docs/algorithm.md lists the defaults):
-  1. The state has 7 features (see `atesd.exposure.state`), so the MLP input is 7, not 6.
+  1. The state has 7 features by default (see `atesd.exposure.state`), so the MLP input is 7, not
+     6; `state_features` selects the paper's 6 (configs/toy-atesd-paper.yaml).
   2. log π_φ(α_raw | s) is recomputed under the current φ at update time; decisions sampled under
      an older φ (at most B·H + L steps old) are not importance-corrected.
   3. α_raw is clamped into [1e-6, 1 − 1e-6] for the log-prob, so a draw that rounds to 0 or 1
@@ -33,8 +35,9 @@ Departures from the paper (all but 1–4 are options; docs/algorithm.md lists th
      or saved generator, so a resumed run draws exactly what the uninterrupted run drew.
   5. Decisions whose lookahead runs past the last training step, or contains a step without
      signals (observe(t, None)), never earn a reward and are never used for an update.
-  6. G_gt averages g over the decision's own steps t0 … t0+L−1 (the paper: t0+1 … t0+L, whose
-     last term is measured under the next decision's α when L = H).
+  6. By default G_gt averages g over the decision's own steps t0 … t0+L−1; the paper's t0+1 …
+     t0+L (whose last term is measured under the next decision's α when L = H) is
+     grounding_steps="next" (configs/toy-atesd-paper.yaml).
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ from atesd.exposure.reward import (
     normalized_advantages,
     one_step_progress,
 )
-from atesd.exposure.state import N_FEATURES, ExposureStateTracker, TrainingSignals
+from atesd.exposure.state import FEATURE_NAMES, ExposureStateTracker, TrainingSignals
 
 @dataclass
 class _Pending:
@@ -109,7 +112,14 @@ class LearnedExposure:
         self.target_entropy = (
             default_target_entropy() if cfg.target_entropy is None else cfg.target_entropy
         )
-        self.network = BetaPolicyNetwork(N_FEATURES, cfg.hidden_size, cfg.seed, cfg.initial_beta_a, cfg.initial_beta_b)
+        self.state_names = tuple(cfg.state_features)
+        self._state_index = [FEATURE_NAMES.index(name) for name in self.state_names]
+        self._required = [signal for feature, signal in (("top1_disagreement_ema", "top1_disagreement"),
+                                                          ("self_confidence", "self_confidence"))
+                          if feature in self.state_names]
+        self._first_grounding_step = 1 if cfg.grounding_steps == "next" else 0
+        self.network = BetaPolicyNetwork(len(self.state_names), cfg.hidden_size, cfg.seed, cfg.initial_beta_a,
+                                         cfg.initial_beta_b)
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=cfg.policy_lr)
         self.tracker = ExposureStateTracker(total_steps, cfg.ema_decay)
         self.scales = {"progress": RunningScale(), "grounding": RunningScale(), "paired": RunningScale()}
@@ -138,7 +148,8 @@ class LearnedExposure:
         return None if raw is None else clipped(self.cfg, raw)
 
     def _decide(self, step: int, window: int) -> ExposureDecision:
-        state = self.tracker.features(step)
+        every = self.tracker.features(step)
+        state = [every[i] for i in self._state_index]
         a, b = self.network.shapes(state)
         rng = random.Random(f"atesd.exposure.learned:{self.cfg.seed}:{window}")
         raw = rng.betavariate(a, b)
@@ -158,7 +169,7 @@ class LearnedExposure:
         """
         if signals is None:
             return self._observe_missing(step)
-        signals.require("top1_disagreement", "self_confidence")
+        signals.require(*self._required)
         if self.counterfactual and self.wants_credit(step) and credit is None:
             raise ValueError("exposure.reward=counterfactual needs the paired credit of the first step of each "
                              "hold window (the loop's credit phase); got none")
@@ -171,7 +182,7 @@ class LearnedExposure:
             )
         self._clock.end(step)
         assert self._current is not None
-        records = [self._current.record()] if self._current.step == step else []
+        records = [self._current.record(self.state_names)] if self._current.step == step else []
         self.tracker.observe(self._current.reveal_ratio, signals)
         still_open = []
         for pending in self._open:
@@ -182,8 +193,8 @@ class LearnedExposure:
                 complete = pending.steps == self._lookahead
             else:
                 pending.losses.append(loss)
-                if len(pending.scores) < self._lookahead:
-                    pending.scores.append(score)
+                if pending.steps > self._first_grounding_step and len(pending.scores) < self._lookahead:
+                    pending.scores.append(score)  # g_{t0} … or (grounding_steps="next") g_{t0+1} …
                 complete = len(pending.losses) == self._lookahead + 1
             if complete:
                 self._closed.append(_ClosedDecision(pending.decision, step, self._returns(pending)))
@@ -197,7 +208,7 @@ class LearnedExposure:
     def _observe_missing(self, step: int) -> list[dict]:
         self._clock.end(step)
         assert self._current is not None
-        records = [self._current.record()] if self._current.step == step else []
+        records = [self._current.record(self.state_names)] if self._current.step == step else []
         records += [
             {
                 "event": "dropped",

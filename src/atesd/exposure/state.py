@@ -170,9 +170,11 @@ class ExposureStateTracker:
             value = float(raw[name])
             self.values[name] = value if previous is None else self._ema(previous, value)
         # Self-confidence is the latest batch's value (the paper: "the batch's"), not an average.
-        self.values["self_confidence"] = float(signals.self_confidence)
+        if signals.self_confidence is not None:
+            self.values["self_confidence"] = float(signals.self_confidence)
+            measured.append("self_confidence")
         # A feature's statistics only count the steps where it was measured.
-        for name in [*measured, "self_confidence"]:
+        for name in measured:
             self.normalizers[name].update(self.values[name])
 
     def _ema(self, average: float, value: float) -> float:
