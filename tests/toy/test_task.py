@@ -159,3 +159,33 @@ def test_checker_accepts_either_of_two_identical_operations():
         result = task.check_steps(problem, completion)
         assert result.first_error is None
         assert task.solution_text(task.parse_problem(problem), result.order) == completion
+
+
+TERSE = task.TaskConfig(reference_style="terse")
+
+
+def test_terse_references_are_the_same_problems_with_two_operations_per_step_where_nested():
+    steps, terse = task.toy_problems(200, seed=1), task.toy_problems(200, seed=1, cfg=TERSE)
+    assert [(p.problem, p.answer, p.difficulty) for p in steps] == [(p.problem, p.answer, p.difficulty) for p in terse]
+    for verbose, short in zip(steps, terse):
+        # written back as single operations, a terse reference is the one-operation reference in its order
+        assert task.expand_terse(short.solution) == verbose.solution
+        assert task.solution_order(short.problem, short.solution) == task.solution_order(verbose.problem, verbose.solution)
+        n_steps, n_terse = len(split_steps(verbose.solution)[0]), len(split_steps(short.solution)[0])
+        assert (n_steps + 1) // 2 <= n_terse <= n_steps
+        assert verbose.difficulty == 1 or n_terse < n_steps  # every tree of 2+ operations nests
+    level5 = [len(split_steps(p.solution)[0]) for p in terse if p.difficulty == 5]
+    assert sum(level5) / len(level5) < 4  # about half the one-operation steps
+
+
+def test_a_terse_step_skips_the_inner_result_and_its_values_are_true():
+    root = task.parse_problem("Evaluate ((20*3)-(5+4))+7.")
+    order = ["LR", "LL", "L", ""]  # 5+4, 20*3, 60-9, 51+7
+    assert task.terse_solution_text(root, order) == "5+4=9\n\n(20*3)-9=51\n\n51+7=58\n\nThe answer is \\boxed{58}."
+    assert task.terse_solution_text(root, ["LL", "LR", "L", ""]) == (
+        "20*3=60\n\n60-(5+4)=51\n\n51+7=58\n\nThe answer is \\boxed{58}.")
+
+
+def test_an_unknown_reference_style_is_refused():
+    with pytest.raises(ValueError, match="reference_style"):
+        task.TaskConfig(reference_style="prose")

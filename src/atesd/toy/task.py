@@ -19,7 +19,11 @@ valid order, steps separated by blank lines, then a final sentence with the boxe
     The answer is \\boxed{58}.
 
 Any order that reduces every operation after its operands is correct (a tree of 5 operations has up
-to 8), so a rollout can be right and still differ from the reference. The difficulty level sets the
+to 8), so a rollout can be right and still differ from the reference. With `TaskConfig.reference_style =
+"terse"` the reference is written in a stronger solver's notation instead: a step reduces an
+operation together with the operation it consumes, whose result is not written (`(20*3)-9=51`), so
+a level-k reference has about k/2 steps in a notation the student's own solutions never use; the
+student still solves one operation per step (`expand_terse` turns a terse reference back into them). The difficulty level sets the
 number of operations. A step names only values, so the solver tracks which parts are already
 reduced: the errors small models make are mostly such state-tracking errors (wrong operands), a few
 arithmetic ones. `check_steps` replays a completion against the tree and finds its first wrong
@@ -40,6 +44,7 @@ from typing import Iterator, Sequence
 from atesd.data import Problem
 
 OPERATORS = ("+", "-", "*")
+REFERENCE_STYLES = ("steps", "terse")
 SOURCE = "atesd-toy"
 
 
@@ -62,13 +67,19 @@ class TaskConfig:
     ops_per_level: the number of operations (= solution steps) of difficulty level 1, 2, ...
     max_leaf: numbers written in the problem are drawn from 1..max_leaf.
     max_value: every intermediate value stays in [0, max_value].
+    reference_style: "steps" (one operation per reference step, the student's own notation) or
+        "terse" (a stronger solver's: two nested operations per step where the order allows it,
+        the inner result skipped; `terse_solution_text`).
     """
 
     ops_per_level: tuple[int, ...] = (1, 2, 3, 4, 5)
     max_leaf: int = 20
     max_value: int = 99
+    reference_style: str = "steps"
 
     def __post_init__(self) -> None:
+        if self.reference_style not in REFERENCE_STYLES:
+            raise ValueError(f"task.reference_style must be one of {REFERENCE_STYLES}, got {self.reference_style!r}")
         if not self.ops_per_level or min(self.ops_per_level) < 1:
             raise ValueError("task.ops_per_level needs at least one level, each with >= 1 operation")
         if self.max_leaf < 1 or self.max_value < self.max_leaf:
@@ -214,6 +225,68 @@ def solution_text(root: Node, order: Sequence[Path]) -> str:
     return _written_solution(root, order)[0]
 
 
+def terse_solution_text(root: Node, order: Sequence[Path]) -> str:
+    """The solution reducing the operations in `order` in the terse notation: a step whose operation
+    consumes the result of the step just before it is written together with it, the inner operation
+    in parentheses and its result skipped (`20*3=60`, `60-9=51` → `(20*3)-9=51`); other steps stay
+    single. Values are those of the one-operation solution in the same order."""
+    table = nodes(root)
+    written: dict[Path, int] = {}
+    inner: dict[Path, str] = {}  # a reduced operation not written yet → its `(a op b)` text
+    lines = []
+
+    def operand(node: Node, side: str, path: Path) -> str:
+        child = node.left if side == "L" else node.right
+        if isinstance(child, int):
+            return str(child)
+        return inner.pop(path + side, None) or str(written[path + side])
+
+    def flush() -> None:
+        for path, text in inner.items():
+            lines.append(f"{text[1:-1]}={written[path]}")
+        inner.clear()
+
+    for path in order:
+        node = table[path]
+        consumes_pending = any(path + side in inner for side in "LR")
+        if not consumes_pending:
+            flush()
+        left, right = operand(node, "L", path), operand(node, "R", path)
+        lv = written[path + "L"] if isinstance(node.left, Node) else node.left
+        rv = written[path + "R"] if isinstance(node.right, Node) else node.right
+        written[path] = apply(lv, node.op, rv)
+        text = f"({left}{node.op}{right})"
+        if consumes_pending:
+            lines.append(f"{text[1:-1]}={written[path]}")
+        else:
+            inner[path] = text
+    flush()
+    return "\n\n".join(lines + [answer_sentence(written[""])])
+
+
+def expand_terse(solution: str) -> str:
+    """A solution with every terse step (`(20*3)-9=51`) written as its single operations in order
+    (`20*3=60`, `60-9=51`); one-operation steps and the answer line are kept as they are."""
+    paragraphs = solution.split("\n\n")
+    out = []
+    for paragraph in paragraphs:
+        left, _, _ = paragraph.partition("=")
+        if "(" not in left or "\\boxed" in paragraph:
+            out.append(paragraph)
+            continue
+
+        def steps(node: Node | int) -> int:
+            if isinstance(node, int):
+                return node
+            lv, rv = steps(node.left), steps(node.right)
+            value = apply(lv, node.op, rv)
+            out.append(step_text(lv, node.op, rv, value))
+            return value
+
+        steps(parse_expression(left))
+    return "\n\n".join(out)
+
+
 def corrupted_solution(root: Node, order: Sequence[Path], rng: random.Random) -> tuple[str, int]:
     """A student-style wrong solution: one step in `order` goes wrong, the later steps continue
     consistently with the wrong value (correct arithmetic on the values written so far), so the
@@ -242,7 +315,8 @@ def toy_problems(n: int, seed: int, cfg: TaskConfig = TaskConfig(), split: str =
         problems.append(Problem(
             id=f"toy-{split}-{i:06d}",
             problem=problem_text(root),
-            solution=solution_text(root, random_order(root, rng)),
+            solution=(terse_solution_text if cfg.reference_style == "terse" else solution_text)(
+                root, random_order(root, rng)),
             answer=str(value_of(root)),
             difficulty=level,
             source=SOURCE,
@@ -391,8 +465,8 @@ def check_steps(problem: str, completion: str) -> StepCheck:
 
 
 def solution_order(problem: str, solution: str) -> list[Path]:
-    """The order in which a correct solution reduces the operations (its paths)."""
-    check = check_steps(problem, solution)
+    """The order in which a correct solution (in either reference style) reduces the operations."""
+    check = check_steps(problem, expand_terse(solution))
     if check.first_error is not None:
         raise ValueError(f"not a correct solution: {check.error_kind} at step {check.first_error}")
     return list(check.order)
