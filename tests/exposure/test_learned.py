@@ -248,29 +248,31 @@ def test_counterfactual_reward_never_credits_a_window_with_another_windows_draw(
     assert [round(a, 9) for a, _ in seen] == [round(decisions[s]["reveal_ratio"], 9) for s in (0, 3, 6, 9)]
 
 
-@pytest.mark.parametrize(("reward", "policy_lr", "tolerance", "hits_needed"),
-                         [("counterfactual", 1e-2, 0.2, 8), ("counterfactual", 3e-3, 0.1, 6), ("discounted", 3e-3, 0.1, 6)])
-def test_policy_finds_a_bandit_optimum_at_a_realistic_budget(reward, policy_lr, tolerance, hits_needed):
+@pytest.mark.parametrize(("reward", "policy_lr", "tolerance"),
+                         [("counterfactual", 1e-2, 0.12), ("counterfactual", 3e-3, 0.05), ("discounted", 3e-3, 0.08)])
+@pytest.mark.parametrize("optimum", [0.7, 0.3])
+def test_policy_finds_a_bandit_optimum_at_a_realistic_budget(reward, policy_lr, tolerance, optimum):
     """500 steps (the toy configuration) with H = 1 and B = 16 (toy-atesd.yaml): 500 decisions, 31
-    updates. The reward is −(α − 0.7)² plus Gaussian noise sized so that its correlation with the
+    updates. The reward is −(α − optimum)² plus Gaussian noise sized so that its correlation with the
     signal is ρ = 0.2 (the paired difference of two draws for "counterfactual"; G_gt alone, λ_gt = 1,
-    for "discounted"). The mean of the learned Beta must end near 0.7 on most of 10 seeds: within 0.1
-    at policy_lr 3e-3; at toy-atesd.yaml's 1e-2 it moves further from 0.5 but overshoots (0.85–0.9
-    on four seeds), so within 0.2."""
+    for "discounted"). On each of 10 seeds the learned Beta's mean must end on the optimum's side of
+    0.5, and its mean over the seeds within `tolerance` of the optimum. The optimum lies on either
+    side of the start (mean 0.5), so a controller that does not move, or drifts one way whatever the
+    reward says, fails. Measured (means over seeds 0-9, optimum 0.7 / 0.3): counterfactual at
+    toy-atesd.yaml's 1e-2 0.79 / 0.20 (it overshoots), at 3e-3 0.71 / 0.28; discounted at 3e-3 0.65 / 0.35."""
     import random
+    import statistics
 
     def signal(a):
-        return -(a - 0.7) ** 2
+        return -(a - optimum) ** 2
 
     draws = random.Random(0)
     if reward == "counterfactual":
         values = [signal(draws.betavariate(2, 2)) - signal(draws.betavariate(2, 2)) for _ in range(20000)]
     else:
         values = [signal(draws.betavariate(2, 2)) for _ in range(20000)]
-    mean = sum(values) / len(values)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
-    noise_sd = sd * math.sqrt(1 / 0.2**2 - 1)
-    hits = 0
+    noise_sd = statistics.pstdev(values) * math.sqrt(1 / 0.2**2 - 1)
+    means = []
     for seed in range(10):
         noise = random.Random(100 + seed)
         cfg = ExposureConfig(policy="learned", reward=reward, hold_steps=1, lookahead_steps=1, decisions_per_update=16,
@@ -283,8 +285,10 @@ def test_policy_finds_a_bandit_optimum_at_a_realistic_budget(reward, policy_lr, 
                 ratio = policy.decide(step, [None]).ratios[0]
                 policy.observe(step, _signals(step, ratio, grounding=signal(ratio) + noise.gauss(0, noise_sd)))
         a, b = policy.network.shapes(policy.tracker.features(499))
-        hits += abs(a / (a + b) - 0.7) < tolerance
-    assert hits >= hits_needed, f"the policy mean ended within {tolerance} of the optimum on {hits} of 10 seeds"
+        means.append(a / (a + b))
+    side = 1 if optimum > 0.5 else -1
+    assert all(side * (m - 0.5) > 0 for m in means), f"a seed ended on the wrong side of 0.5: {means}"
+    assert abs(statistics.fmean(means) - optimum) < tolerance, f"mean over seeds {statistics.fmean(means):.3f}"
 
 
 def _paper_run(total_steps: int):
