@@ -141,7 +141,7 @@ def test_fsdp2_with_chunked_loss_probe_and_grounding_ends_with_the_ddp_weights(c
 
 @pytest.mark.slow
 def test_fsdp2_lora_ends_with_the_ddp_weights(config, ddp_lora, tmp_path):
-    # peft's generate runs the inner model, not FSDP's root (atesd.distributed.root_unsharded); the
+    # peft's generate runs the inner model, not FSDP's root (atesd.distributed.unsharded_for_generation); the
     # merged weights of final/ are gathered module by module (atesd.weights)
     fsdp = launch(config, tmp_path / "fsdp2-lora", "fsdp2", LORA)
     assert fsdp["sharded"]

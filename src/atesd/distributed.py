@@ -27,7 +27,8 @@
    - `gathered_module(model, module)`, `gathered(tensors)`, `full_tensor(t)`: no-grad whole
      values, one module (FSDP2: one unit) at a time, for the weight sync to vLLM, saving
      (`atesd.weights`) and the EMA teacher. Every process must take part: these are collectives.
-   - `root_unsharded(model)`: FSDP2 generation through peft's `generate`, which bypasses the root.
+   - `unsharded_for_generation(model)`: FSDP2 generation with every unit gathered once per call
+     (not once per decoded token), also through peft's `generate`, which bypasses the root.
 3. `is_sharded(model)`: FSDP2 or ZeRO-3 (the lean decoder and a teacher copy made by
    `copy.deepcopy` need whole tensors; generation must keep ranks in step).
 
@@ -182,27 +183,50 @@ def gathered_module(model, module, units: dict | None = None):
         unit.reshard()
 
 
+def _reshards_after_forward(unit) -> bool:
+    """Whether an FSDP2 unit frees its gathered parameters after each forward (torch keeps this as
+    its param groups' post-forward mesh; True, FSDP2's default, if that ever moves)."""
+    groups = getattr(unit._get_fsdp_state(), "_fsdp_param_groups", None)
+    if groups is None:  # pragma: no cover - a torch that renamed FSDP2's internals
+        return True
+    return any(getattr(group, "post_forward_mesh_info", True) is not None for group in groups)
+
+
 @contextlib.contextmanager
-def root_unsharded(model, pad_id: int = 0):
-    """FSDP2: the root unit's own parameters whole for the block (a no-op otherwise), for
-    generation. A peft model's `generate` runs the inner model's forward, which never passes the
-    sharded root's hooks: FSDP2 would initialise from the first unit that runs (and refuses a
-    grouped one, accelerate's tied embedding and head) and leave the root's own parameters sharded.
-    So the root runs one forward of a single token first (once), then is unsharded for the block."""
+def unsharded_for_generation(model, pad_id: int = 0):
+    """FSDP2: every unit's parameters gathered once for the block, a whole generation call (a no-op
+    otherwise). Without it each decoded token's forward all-gathers every unit again and frees it
+    after (FSDP2's reshard_after_forward): ~units × tokens all-gathers per call instead of ~units.
+    Each unit is unsharded up front with `reshard_after_forward` off (FSDP2's
+    `set_reshard_after_forward(False)`, as TRL does for generation), then resharded and given its
+    setting back; the memory held meanwhile is the whole model's, as under DDP.
+
+    A peft model's `generate` runs the inner model's forward, which never passes the sharded root's
+    hooks: FSDP2 would initialise from the first unit that runs (and refuses a grouped one,
+    accelerate's tied embedding and head). So the root runs one forward of a single token first
+    (once per model). ZeRO-3 is not covered: its hooks gather each layer per forward (DeepSpeed's
+    prefetch and persistence thresholds bound the cost); TRL's single gather needs the DeepSpeed
+    engine's internal hooks removed for the block."""
     fsdp = _fsdp_module_type()
-    if fsdp is None or not isinstance(model, fsdp):
+    units = [m for m in model.modules() if isinstance(m, fsdp)] if fsdp is not None else []
+    if not units:
         yield
         return
-    if not getattr(model, "_atesd_root_initialised", False):
+    if isinstance(model, fsdp) and not getattr(model, "_atesd_root_initialised", False):
         with torch.no_grad():
             device = next(model.parameters()).device
             model(input_ids=torch.full((1, 1), pad_id, dtype=torch.long, device=device))
         model._atesd_root_initialised = True
-    model.unshard()
+    settings = [(unit, _reshards_after_forward(unit)) for unit in units]
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
     try:
         yield
     finally:
-        model.reshard()
+        for unit, reshard_after_forward in settings:
+            unit.reshard()
+            unit.set_reshard_after_forward(reshard_after_forward, recurse=False)
 
 
 def architecture_name(model) -> str:

@@ -25,8 +25,10 @@ Where we depart from a bare `model.generate` call:
    (ranks keep stepping until all have stopped; transformers turns it on by itself for ZeRO-3 but
    not for accelerate's FSDP2), under `no_grad` rather than `inference_mode` (FSDP's unsharded
    parameters are reused by the training forward), never through the lean decoder (it reads the
-   weights directly), and under FSDP2 with the root unit unsharded
-   (`atesd.distributed.root_unsharded`: peft's generate bypasses the root's forward).
+   weights directly), and under FSDP2 with every unit gathered once for the whole call
+   (`atesd.distributed.unsharded_for_generation`: one all-gather per unit, not one per unit and
+   decoded token; it also initialises the root, which peft's generate bypasses). Under ZeRO-3
+   DeepSpeed's hooks still gather each layer per forward.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import Sequence
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from atesd.distributed import is_sharded, root_unsharded
+from atesd.distributed import is_sharded, unsharded_for_generation
 from atesd.rollout import lean
 from atesd.rollout.base import Rollout, SamplingParams
 
@@ -226,7 +228,7 @@ class HFRolloutEngine:
             return [self._rollout(p, t, lp) for p, t, lp in zip(prompts, tokens, logprobs)]
         input_ids, attention_mask = _left_pad(prompts, self.pad_id, device)
         recorder = _SampledTokenLogProbs(1.0 if params.greedy else params.temperature, input_ids.shape[1])
-        with root_unsharded(self.model, self.pad_id) if sharded else contextlib.nullcontext():
+        with unsharded_for_generation(self.model, self.pad_id) if sharded else contextlib.nullcontext():
             sequences = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
