@@ -185,7 +185,8 @@ class TrainingRun:
         if exposure.needs_probe_nll or exposure.needs_grounding_score:
             problems, probe_set, grounding_set = hold_out_probe(problems, cfg.exposure.probe_size, cfg.seed)
             probe = ExposureProbe(probe_set, grounding_set, tokenizer, cfg.prompts, loss_cfg.chunk_size,
-                                  exposure.needs_probe_nll, exposure.needs_grounding_score, exposure.probe_every)
+                                  exposure.needs_probe_nll, exposure.needs_grounding_score, exposure.probe_every,
+                                  cache_grounding=cfg.teacher.kind == "frozen")
             if exposure.needs_credit:
                 _check_credit_supported(cfg, accelerator)
                 credit = ProbeCredit(probe_set, tokenizer, cfg.prompts, loss_cfg, cfg.exposure.credit_step,
@@ -222,6 +223,8 @@ class TrainingRun:
             self.validator.load_state_dict(components["validation"])
         if self.credit is not None:
             self.credit.load_state_dict(components.get("credit", {}), self.accelerator.device)
+        if self.probe is not None:
+            self.probe.load_state_dict(components.get("probe", {}))
         self.engine.sync_weights(self.unwrapped)
 
     def exposure_wants_credit(self, step: int) -> bool:
@@ -259,7 +262,8 @@ class TrainingRun:
             components = {"step": step + 1, "bad_in_a_row": self.bad_in_a_row,
                           "teacher": self.teacher.state_dict(), "exposure": self.exposure.state_dict(),
                           "validation": self.validator.state_dict() if self.validator is not None else {},
-                          "credit": self.credit.state_dict() if self.credit is not None else {}}
+                          "credit": self.credit.state_dict() if self.credit is not None else {},
+                          "probe": self.probe.state_dict() if self.probe is not None else {}}
             self.dir.save(self.accelerator, step + 1, components, self.cfg.keep_checkpoints)
 
     def finish(self) -> None:
