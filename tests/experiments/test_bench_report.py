@@ -47,3 +47,24 @@ def test_markdown_shows_the_learned_betas_final_mean_per_level_and_seed():
     section = _section(groups, "### The learned Beta's mean at the last decision")
     assert "| atesd-per-difficulty | 0.70 [0.80, 0.60] | 0.80 [0.90, 0.70] | 0.30 [0.20, 0.40] |" in section
     assert "| opsd |" not in section and "| method | overall | difficulty 1 | difficulty 5 |" in section
+
+
+def test_every_paired_difference_shows_the_seed_as_the_unit_beside_the_pooled_pairs_se():
+    # chosen checkpoints ("test"): per seed Δ +50, +0, +25 → +25 ± 14.4 with the seed as the unit
+    groups = {"opsd": [_run("opsd", s, [0.5, 0.5]) for s in (0, 1, 2)],
+              "sft": [_run("sft", 0, [1.0, 1.0]), _run("sft", 1, [0.5, 0.5]), _run("sft", 2, [1.0, 0.5])]}
+    section = _section(groups, "### Paired difference against OPSD")
+    assert "| method | Δ vs OPSD | pooled-pairs SE | seed as unit: Δ ± SE |" in section
+    row = [line for line in section.splitlines() if line.startswith("| sft |")][0]
+    assert row.startswith("| sft | +25.0 | ") and f"| +25.0 ± {100 * 0.25 / 3 ** 0.5:.1f} | 6 |" in row
+
+
+def test_per_difficulty_differences_show_each_levels_seed_unit_mean_and_se():
+    # problem 0 is level 1, problem 1 level 2; on level 1 sft gains +50 on seed 0 and +0 on seed 1
+    groups = {"opsd": [_run("opsd", s, [0.5, 0.5]) for s in (0, 1)],
+              "sft": [_run("sft", 0, [1.0, 0.0]), _run("sft", 1, [0.5, 0.0])]}
+    meta = {"command": "c", "machine": machine_info(), "date": "d", "seeds": [0, 1], "budget": asdict(QUICK_BUDGET),
+            "test_difficulty": {0: 1, 1: 2}}
+    section = markdown(groups, meta, plots=()).split("### Paired difference against OPSD by difficulty")[1]
+    row = [line for line in section.splitlines() if line.startswith("| sft |")][0]
+    assert row == "| sft | +25.0 ± 25.0 [+25.0 ± 25.0] | -50.0 ± 0.0 [-50.0 ± 0.0] |"

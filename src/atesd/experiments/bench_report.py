@@ -29,7 +29,7 @@ from atesd import atomic
 from atesd.experiments.bench_stats import (BASE, RANDOM, REFERENCE, TOKEN_TARGET, by_method, difficulties,
                                            identical_variants, mean_std, over_seeds, paired_by_difficulty,
                                            paired_vs_reference, per_seed_differences, problem_levels, run_test,
-                                           tokens_to_reach)
+                                           seed_unit_cell, tokens_to_reach)
 from atesd.experiments.report import save_figure
 
 MARKDOWN_FILE = "BENCHMARKS-toy.md"
@@ -123,9 +123,13 @@ def markdown(groups: dict[str, list[dict]], meta: dict, plots: Sequence[str] = P
             lines.append(f"{reference} is not in this bench." if reference not in groups
                          else "No learned controller is in this bench.")
             continue
-        lines += [f"| method | Δ vs {short} | SE | (seed, problem) pairs | significant (abs Δ > 2·SE) "
-                  f"| Δ vs {short}, last steps ± SE | last steps per seed → their mean ± SE |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += ["Two SEs for each difference: the pooled-pairs SE over the (seed, problem) pairs counts the test "
+                  "sampling only; the seed as the unit (each seed's Δ, then their mean ± std/√n over seeds) counts the "
+                  "training seed too, and is the one to claim a difference with.", "",
+                  f"| method | Δ vs {short} | pooled-pairs SE | seed as unit: Δ ± SE | (seed, problem) pairs "
+                  f"| significant (abs Δ > 2·pooled SE) | Δ vs {short}, last steps ± pooled SE "
+                  "| last steps per seed → their mean ± SE (seed as unit) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for name in compared:
             diff = paired_vs_reference(groups, name, reference)
             if diff is not None:
@@ -135,7 +139,8 @@ def markdown(groups: dict[str, list[dict]], meta: dict, plots: Sequence[str] = P
                 seed_mean, seed_se, _ = over_seeds(per_seed)
                 by_seed = " / ".join(f"{100 * d:+.1f}" for d in per_seed.values()) + (
                     f" → {100 * seed_mean:+.1f} ± {100 * seed_se:.1f}" if seed_se is not None else "")
-                lines.append(f"| {name} | {100 * mean:+.1f} | {100 * se:.1f} | {n} | "
+                chosen_by_seed = seed_unit_cell(per_seed_differences(groups, name, reference, "test"))
+                lines.append(f"| {name} | {100 * mean:+.1f} | {100 * se:.1f} | {chosen_by_seed} | {n} | "
                              f"{'yes' if abs(mean) > 2 * se else 'no'} | {100 * last_mean:+.1f} ± {100 * last_se:.1f} "
                              f"| {by_seed} |")
 
@@ -143,15 +148,18 @@ def markdown(groups: dict[str, list[dict]], meta: dict, plots: Sequence[str] = P
     if REFERENCE in groups and difficulty:
         levels_present = sorted(set(difficulty.values()))
         lines += ["", f"### Paired difference against OPSD by difficulty (last steps, test Average@{k}, points)", "",
-                  "Each cell pools the (seed, problem) pairs of one level: mean ± SE.", "",
+                  "Each cell: the mean ± pooled-pairs SE over the (seed, problem) pairs of one level, then in brackets "
+                  "the same level with the seed as the unit (each seed's Δ on the level, mean ± SE over seeds).", "",
                   "| method | " + " | ".join(f"difficulty {lv}" for lv in levels_present) + " |",
                   "| --- |" + " --- |" * len(levels_present)]
         for name in groups:
             cells = paired_by_difficulty(groups, name, difficulty)
             if cells:
+                of_level = {lv: {pid for pid, level in difficulty.items() if level == lv} for lv in levels_present}
                 lines.append(f"| {name} | " + " | ".join(
-                    f"{100 * cells[lv][0]:+.1f} ± {100 * cells[lv][1]:.1f}" if lv in cells else "–"
-                    for lv in levels_present) + " |")
+                    f"{100 * cells[lv][0]:+.1f} ± {100 * cells[lv][1]:.1f} "
+                    f"[{seed_unit_cell(per_seed_differences(groups, name, problems=of_level[lv]))}]"
+                    if lv in cells else "–" for lv in levels_present) + " |")
 
     lines += ["", "### Reveal ratio used (exposure policies)", "",
               "Mean α over all steps and over the last 100 steps of each run (the batch mean for per-example "

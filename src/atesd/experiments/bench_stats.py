@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 from atesd.evaluate import paired_difference
 
@@ -85,23 +85,33 @@ def paired_vs_reference(groups: dict[str, list[dict]], name: str, reference_name
 
 
 def per_seed_differences(groups: dict[str, list[dict]], name: str, reference_name: str = REFERENCE,
-                         key: str = "test_last_step") -> dict[int, float]:
-    """Per seed both ran: the mean over the test problems of method − reference (that seed's Δ)."""
+                         key: str = "test_last_step", problems: Collection[str] | None = None) -> dict[int, float]:
+    """Per seed both ran: the mean over the test problems (or only those in `problems`, e.g. one
+    difficulty level's) of method − reference (that seed's Δ)."""
     if reference_name not in groups or name == reference_name:
         return {}
-    before, after, _ = _pooled_pairs(groups, name, reference_name, key)
+    before, after, problem = _pooled_pairs(groups, name, reference_name, key)
     by_seed: dict[int, list[float]] = {}
     for pair in before:  # pairs are keyed "seed/problem id"
-        by_seed.setdefault(int(pair.split("/", 1)[0]), []).append(after[pair] - before[pair])
+        if problems is None or problem[pair] in problems:
+            by_seed.setdefault(int(pair.split("/", 1)[0]), []).append(after[pair] - before[pair])
     return {seed: statistics.fmean(deltas) for seed, deltas in by_seed.items()}
 
 
 def over_seeds(differences: dict[int, float]) -> tuple[float, float | None, int]:
     """(mean, SE, seeds) of per-seed differences with the seed as the unit: SE = std / √n over the seeds,
-    which holds the training noise as well as the test sampling (None for one seed)."""
+    which holds the training noise as well as the test sampling (None for one seed). Needs one seed."""
     values = list(differences.values())
     se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
     return statistics.fmean(values), se, len(values)
+
+
+def seed_unit_cell(differences: dict[int, float]) -> str:
+    """"mean ± SE" in points with the seed as the unit (`over_seeds`); "mean (1 seed)" for one seed, "–" for none."""
+    if not differences:
+        return "–"
+    mean, se, n = over_seeds(differences)
+    return f"{100 * mean:+.1f} ± {100 * se:.1f}" if se is not None else f"{100 * mean:+.1f} (1 seed)"
 
 
 def paired_by_difficulty(groups: dict[str, list[dict]], name: str, difficulty: dict[str, int],
