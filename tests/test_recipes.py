@@ -75,3 +75,37 @@ def test_recipe_header_states_its_command_hardware_and_expected_time(size, metho
     text = "\n".join(header)
     assert "accelerate launch" in text and f"--config configs/{name}" in text
     assert "Hardware:" in text and "Expected time:" in text
+
+
+REFERENCE_SCRIPTS = {"optim.lr": 2e-4, "rollout.max_new_tokens": 2048, "loss.divergence": "jsd", "loss.jsd_beta": 0.5}
+
+
+@pytest.mark.parametrize("method", ("opsd", "atesd"))
+def test_reference_scripts_variant_changes_only_lr_tokens_and_divergence(method):
+    paper = _recipe("1.7b", method)
+    reference = _flat(load_config(CONFIGS / f"qwen3-1.7b-{method}-reference.yaml"))
+    changed = _differences(paper, reference)
+    assert changed.pop("output_dir")[1] == f"runs/qwen3-1.7b-{method}-reference"
+    assert {key: new for key, (old, new) in changed.items()} == {
+        key: value for key, value in REFERENCE_SCRIPTS.items() if paper[key] != value}
+    assert paper["optim.lr"] == 5e-6 and paper["rollout.max_new_tokens"] == 1024
+    assert paper["loss.divergence"] == "forward_kl"
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("method", METHODS)
+def test_recipes_skip_bad_rows_up_to_a_share_and_headers_state_paper_and_reference_values(size, method):
+    recipe = _recipe(size, method)
+    assert recipe["data.on_bad_row"] == "skip" and recipe["data.max_bad_row_share"] == 0.05
+    if method == "opsd":
+        header = (CONFIGS / f"qwen3-{size}-{method}.yaml").read_text()
+        assert "Paper vs the OPSD reference scripts" in header and "2e-4" in header and "JSD" in header
+        assert "5e-4" in header  # how far 100 Adam steps at 5e-6 can move LoRA B
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_atesd_header_states_the_controllers_update_count_and_what_the_toy_shows(size):
+    recipe = _recipe(size, "atesd")
+    updates = recipe["steps"] // (recipe["exposure.hold_steps"] * recipe["exposure.decisions_per_update"])
+    header = (CONFIGS / f"qwen3-{size}-atesd.yaml").read_text()
+    assert f"{updates} updates" in header and "random exposure" in header
