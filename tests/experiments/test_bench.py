@@ -160,11 +160,12 @@ def test_quick_bench_writes_results_report_and_plots(quick_bench):
             assert [p["step"] for p in result["val_curve"]] == [1, 2]
             assert 0 < result["rollout_tokens_to_chosen"] <= result["rollout_tokens_total"]
         if method == "atesd":  # the learned controller's Beta at its last decision (global: no levels)
+            assert result["reward_correlations"] is None  # 2 steps: no controller update, no credited decision
             final = result["final_beta_mean"]
             assert 0 < final["all"] < 1 and final["by_difficulty"] == {}
             assert final["decision_step"] == QUICK_BUDGET.steps - 1
         else:
-            assert result["final_beta_mean"] is None
+            assert result["final_beta_mean"] is None and result["reward_correlations"] is None
     bench = json.loads((out / "bench.json").read_text())
     assert len(bench["results"]) == len(BENCH_METHODS) and bench["budget"]["steps"] == QUICK_BUDGET.steps
     text = (out / "BENCHMARKS-toy.md").read_text()
@@ -213,3 +214,22 @@ def test_bench_folder_refuses_another_budget(quick_bench, tiny_model_dir, data_d
     with pytest.raises(ValueError, match="overrides"):
         run_bench(quick=True, out=out, methods=["base"], model_dir=tiny_model_dir, data_dir=data_dir,
                   overrides=["optim.lr=1e-05"])
+
+
+def test_a_learned_runs_reward_correlations_are_kept_with_undefined_ones_as_null(tmp_path):
+    from atesd.experiments.bench import credited_reward_correlations
+
+    def credit(alpha, other, reward):
+        return {"event": "credit", "reveal_ratio": alpha, "counterfactual_ratio": other, "progress_return": reward,
+                "grounding_return": None, "reward": reward}
+
+    lines = [credit(0.9, 0.1, 1.0), credit(0.2, 0.6, -0.5), credit(0.5, 0.3, 0.2), credit(0.8, 0.7, 0.1),
+             credit(0.1, 0.9, -1.0), {"event": "decision", "reveal_ratio": 0.5}]
+    (tmp_path / "exposure.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    found = credited_reward_correlations(tmp_path)
+    assert found["decisions"] == 5 and found["x"] == "α − α′" and "run" not in found
+    assert found["parts"]["reward"]["r"] > 0.9 and found["parts"]["reward"]["n"] == 5
+    (tmp_path / "exposure.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines[:3]))
+    assert credited_reward_correlations(tmp_path)["parts"]["reward"] == {"r": None, "ci95": [None, None], "n": 3}
+    (tmp_path / "exposure.jsonl").write_text(json.dumps(lines[-1]) + "\n")
+    assert credited_reward_correlations(tmp_path) is None  # no credited decision (a fixed policy)

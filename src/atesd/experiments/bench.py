@@ -251,7 +251,24 @@ def training_record(run_dir: Path, chosen_step: int) -> dict:
         if record.get("exposure/reveal_ratio") is not None:
             ratios.append([record["step"], float(record["exposure/reveal_ratio"])])
     return {"rollout_tokens_to_chosen": to_chosen, "rollout_tokens_total": tokens, "val_curve": curve,
-            "reveal_ratios": ratios, "final_beta_mean": final_beta_mean(run_dir)}
+            "reveal_ratios": ratios, "final_beta_mean": final_beta_mean(run_dir),
+            "reward_correlations": credited_reward_correlations(run_dir)}
+
+
+def credited_reward_correlations(run_dir: Path) -> dict | None:
+    """`atesd diagnose rewards` of a learned run (corr of α, or α − α′, with each reward part, overall and
+    per level), kept in result.json so that a committed bench carries what the docs' correlation tables
+    are read from; None for a run without credited decisions. An undefined r (under 4 decisions) is null."""
+    from atesd.experiments.exposure_diagnostic import reward_correlations
+
+    if not (run_dir / "exposure.jsonl").is_file():
+        return None
+    try:
+        found = reward_correlations(run_dir)
+    except ValueError:  # no credited decision: not a learned policy, or too short a run
+        return None
+    found.pop("run")  # the result's own folder
+    return json.loads(json.dumps(found), parse_constant=lambda constant: None)  # NaN → null
 
 
 def run_one(method: Method, seed: int, budget: BenchBudget, run_dir: Path, model_dir: str, data_dir: str,
@@ -276,7 +293,7 @@ def run_one(method: Method, seed: int, budget: BenchBudget, run_dir: Path, model
         val_best = evaluate_under(validation, chosen_dir, validation.problems(data_dir), cfg.prompts).average_at_k
         record = {"rollout_tokens_to_chosen": 0, "rollout_tokens_total": 0,
                   "val_curve": [{"step": 0, "tokens": 0, "val_accuracy": val_best}], "reveal_ratios": [],
-                  "final_beta_mean": None}
+                  "final_beta_mean": None, "reward_correlations": None}
     train_seconds = time.perf_counter() - started
     report = evaluate_under(budget.test, chosen_dir, test, cfg.prompts)
     last = last_step_test(method, budget, run_dir, chosen_step, report.to_dict(), test, cfg.prompts)
