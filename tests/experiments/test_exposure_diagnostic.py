@@ -52,3 +52,20 @@ def test_correlation_interval_is_fishers_and_needs_four_points():
     z, half = math.atanh(r), 1.96 / math.sqrt(7 - 3)
     assert r == pytest.approx(25 / 28) and (lo, hi) == pytest.approx((math.tanh(z - half), math.tanh(z + half)))
     assert all(math.isnan(v) for v in correlation_ci([1, 2, 3], [1, 2, 3]))
+
+
+def test_a_short_learned_run_without_credit_says_the_first_comes_after_decisions_per_update(tmp_path):
+    from atesd.config import load_config, save_config
+
+    base = ["model.name_or_path=m", "data.train=t.jsonl"]
+    save_config(load_config(None, [*base, "exposure.policy=learned", "exposure.decisions_per_update=3"]),
+                tmp_path / "config.yaml")
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0}\n{"step": 1}\n')
+    _write(tmp_path, [])
+    with pytest.raises(ValueError) as err:
+        reward_correlations(tmp_path)
+    assert "the first credits come with the controller's first update, after exposure.decisions_per_update=3 " \
+           "decisions have completed" in str(err.value) and "this run has 2 step(s)" in str(err.value)
+    save_config(load_config(None, [*base, "exposure.policy=fixed"]), tmp_path / "config.yaml")
+    with pytest.raises(ValueError, match=r"only exposure.policy=learned writes credits \(this run: exposure.policy=fixed\)"):
+        reward_correlations(tmp_path)

@@ -68,13 +68,29 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
     return correlation_ci(ranks(list(xs)), ranks(list(ys)))[0] if len(xs) >= 4 else math.nan
 
 
+def _why_no_credit(run_dir: Path) -> str:
+    """Why a run has no credit records, from its config.yaml: only a learned policy writes them, at
+    its first controller update, once `exposure.decisions_per_update` decisions have completed."""
+    from omegaconf import OmegaConf
+
+    exposure = OmegaConf.load(run_dir / "config.yaml").exposure if (run_dir / "config.yaml").is_file() else None
+    if exposure is None or exposure.policy != "learned":
+        policy = "?" if exposure is None else exposure.policy
+        return f"only exposure.policy=learned writes credits (this run: exposure.policy={policy})"
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").is_file() else []
+    return (f"the first credits come with the controller's first update, after exposure.decisions_per_update="
+            f"{exposure.decisions_per_update} decisions have completed (each holds α for exposure.hold_steps="
+            f"{exposure.hold_steps} steps and is credited over exposure.lookahead_steps={exposure.lookahead_steps}); "
+            f"this run has {len(lines)} step(s)")
+
+
 def reward_correlations(run_dir: str | Path) -> dict:
     """Correlations of α with the reward parts of every credited decision of a run."""
     records = [json.loads(line) for line in (Path(run_dir) / "exposure.jsonl").read_text().splitlines()
                if line.strip()]
     credits = [r for r in records if r.get("event") == "credit"]
     if not credits:
-        raise ValueError(f"{run_dir}: exposure.jsonl holds no credited decision (a learned policy writes them)")
+        raise ValueError(f"{run_dir}: exposure.jsonl holds no credited decision yet; {_why_no_credit(Path(run_dir))}")
     paired = "counterfactual_ratio" in credits[0]
     alphas = [c["reveal_ratio"] - c["counterfactual_ratio"] if paired else c["reveal_ratio"] for c in credits]
     out = {"run": str(run_dir), "decisions": len(credits), "x": "α − α′" if paired else "α", "parts": {}}
