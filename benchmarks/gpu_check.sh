@@ -1,46 +1,77 @@
 #!/usr/bin/env bash
-# GPU check on one H100/H200 in about 12 minutes (see benchmarks/gpu_check.py for what it measures):
-# (a) chunked divergence in bf16 vs a float32 reference (bf16 and float32 logits), (b) 5 ATESD steps
-# of a ~100M-parameter random Qwen3 (HF backend; vLLM when it imports), (c) tokens/s, MFU and peak
-# memory, (d) FSDP2 and ZeRO-3 runs through configs/accelerate/ on one GPU (ZeRO-3 needs the
-# deepspeed extra), (e) vLLM sleep mode's memory, (f) `atesd eval --backend vllm` vs the HF backend.
-# The vLLM parts need vLLM in $VENV (pip install -e '.[vllm]'); without it they are reported skipped.
+# GPU check on one H100/H200 in under 8 minutes, without installing anything (benchmarks/gpu_check.py
+# lists its sections, their time budgets and what each measures). It runs with the machine's own
+# Python and torch ($PYTHON, default python3) and the repository's source (PYTHONPATH=src): no make,
+# no pip, no network. The pure-Python packages atesd needs that such a machine may lack (omegaconf,
+# math-verify and theirs) travel with the tree as wheels in .gpu-wheels/ (ignored by git, ~0.7 MB),
+# downloaded beforehand on a machine with network by
+#   bash benchmarks/gpu_check.sh --download-wheels
+# and unpacked here into .gpu-wheels/site (a wheel is a zip archive; pure-Python ones need nothing
+# else), which goes on PYTHONPATH after src/ when the machine lacks any of these packages.
 #
-#   bash benchmarks/gpu_check.sh [--json results.json] [--peak-tflops T]
-#   bash benchmarks/gpu_check.sh --cpu --tiny       # smoke test of the script itself, on CPU
+#   bash benchmarks/gpu_check.sh --json results.json       # all sections (those needing a GPU skip without one)
+#   bash benchmarks/gpu_check.sh --cpu --tiny --json r.json  # every section on CPU, tiny sizes (smoke test)
+#   bash benchmarks/gpu_check.sh --install ...               # instead: the Makefile's venv ($VENV), as before
 #
-# The virtual environment ($VENV, default .venv) is created with the Makefile when it is missing or
-# cannot import atesd. On a GPU machine torch must be the CUDA build: the Makefile installs
-# TORCH_SPEC (default torch==2.13.0), which from PyPI on Linux x86_64 is the CUDA build; where pip
-# is configured for CPU wheels, point it at a CUDA index matching the driver, e.g.
-#   PIP_INDEX_URL=https://download.pytorch.org/whl/cu128 PIP_EXTRA_INDEX_URL=https://pypi.org/simple \
-#     VENV=.venv-gpu bash benchmarks/gpu_check.sh
-# A venv that already holds a CPU-only torch is not reinstalled: remove it (make clean-venv) or
-# choose another VENV. Without a CUDA device the script exits with status 2 and says why.
+# The report (JSON) is rewritten after every section, so a check cut short still leaves what
+# finished. Without a CUDA device only the environment section runs (~30 s) and the script exits 0
+# unless that section finds a failure (an atesd module that does not import, a torch API missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV="${VENV:-.venv}"
-TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
-PY="$VENV/bin/python"
+WHEELS=".gpu-wheels"
+# omegaconf 2.4 needs PyYAML (transformers brings it); math-verify needs latex2sympy2_extended, which
+# needs antlr4 and sympy (torch brings sympy). Versions: those the project's environment resolves.
+WHEEL_SPECS=("omegaconf==2.4.0" "antlr4-python3-runtime==4.13.2" "math-verify==0.9.0" "latex2sympy2_extended==1.11.0")
 
-if [ ! -x "$PY" ] || ! "$PY" -c "import atesd, torch" 2>/dev/null; then
-  make "$VENV/.atesd-installed" VENV="$VENV" TORCH_SPEC="$TORCH_SPEC"
+if [ "${1:-}" = "--download-wheels" ]; then
+  mkdir -p "$WHEELS"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$WHEELS" "${WHEEL_SPECS[@]}"
+  ls -l "$WHEELS"/*.whl
+  exit 0
 fi
 
-cpu_only=0
-for arg in "$@"; do [ "$arg" = "--cpu" ] && cpu_only=1; done
-if [ "$cpu_only" = 0 ]; then
-  if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    build="$("$PY" -c "import torch; print(torch.__version__, 'CUDA', torch.version.cuda)")"
-    echo "gpu_check: no CUDA device visible to torch ($build)." >&2
-    if "$PY" -c "import sys, torch; sys.exit(0 if torch.version.cuda is None else 1)"; then
-      echo "gpu_check: this torch is a CPU-only build; reinstall the CUDA build (see the header of $0)." >&2
-    else
-      echo "gpu_check: check nvidia-smi and CUDA_VISIBLE_DEVICES; or run with --cpu --tiny for a smoke test." >&2
-    fi
-    exit 2
+if [ "${1:-}" = "--install" ]; then
+  shift
+  VENV="${VENV:-.venv}"
+  TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+  if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import atesd, torch" 2>/dev/null; then
+    make "$VENV/.atesd-installed" VENV="$VENV" TORCH_SPEC="$TORCH_SPEC"
   fi
+  PYTHON="$VENV/bin/python"
+else
+  PYTHON="${PYTHON:-python3}"
+  if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+    for wheel in "$WHEELS"/*.whl; do  # unpack once per wheel (a marker per wheel name)
+      marker="$WHEELS/site/.$(basename "$wheel").unpacked"
+      if [ ! -e "$marker" ]; then
+        mkdir -p "$WHEELS/site"
+        "$PYTHON" -m zipfile -e "$wheel" "$WHEELS/site"
+        touch "$marker"
+      fi
+    done
+  fi
+  # carried wheels only where the machine lacks the package: a package it has stays its own
+  extra=""
+  if [ -d "$WHEELS/site" ]; then
+    extra="$("$PYTHON" - "$WHEELS/site" <<'PY'
+import importlib.util, os, sys
+site = sys.argv[1]
+names = [n for n in os.listdir(site) if not n.endswith((".dist-info", ".unpacked")) and not n.startswith(".")]
+def absent(name):
+    try:
+        return importlib.util.find_spec(name.removesuffix(".py")) is None
+    except (ImportError, ValueError):
+        return True
+print(os.path.abspath(site) if any(absent(n) for n in names) else "")
+PY
+)"
+  fi
+  export PYTHONPATH="$PWD/src${extra:+:$extra}${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
+if ! "$PYTHON" -c "import torch" 2>/dev/null; then
+  echo "gpu_check: $PYTHON cannot import torch; set PYTHON to an interpreter with torch, or use --install" >&2
+  exit 2
+fi
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TOKENIZERS_PARALLELISM="${TOKENIZERS_PARALLELISM:-false}"
-exec "$PY" benchmarks/gpu_check.py "$@"
+exec "$PYTHON" benchmarks/gpu_check.py "$@"

@@ -111,23 +111,27 @@ def eval_check(model_dir: Path, problems_file: Path, work: Path, limit: int, max
     return out
 
 
-def markdown(report: dict) -> list[str]:
-    lines = ["", "## (d) sharded training, one process (accelerate configs, LoRA, 2 micro-batches)", "",
-             "| config | status | sharded | steps | median step s | loss-phase device memory | losses |",
+def sharded_markdown(runs: list[dict]) -> list[str]:
+    """(d) as a table: one process per accelerate config, LoRA, 2 micro-batches."""
+    lines = ["| config | status | sharded | steps | median step s | loss-phase device memory | losses |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for run in report.get("sharded", []):
+    for run in runs:
         if run["status"] != "ok":
             lines.append(f"| {run['launcher']} | {run['status']}: {run['reason'][-300:]!r} | | | | | |")
             continue
         memory = "n/a" if run["loss_phase_device_gib"] is None else f"{run['loss_phase_device_gib']:.2f} GiB"
         lines.append(f"| {run['launcher']} | ok | {run['sharded']} | {run['steps']} | {run['median_step_s']:.2f} "
                      f"| {memory} | {', '.join(f'{x:.4f}' for x in run['losses'])} |")
-    sleep = report.get("sleep_mode")
+    return lines
+
+
+def vllm_markdown(sleep: dict | None, evaluation: dict | None) -> list[str]:
+    """(e) and (f), when they ran."""
+    lines = []
     if sleep:
         lines += ["", "## (e) vLLM sleep mode", "",
                   f"loss-phase device memory: without sleep {sleep.get('without')} GiB, with sleep "
                   f"{sleep.get('with')} GiB"]
-    evaluation = report.get("evaluation")
     if evaluation:
         lines += ["", "## (f) evaluation, greedy Average@1 (HF backend vs vLLM)", ""]
         for backend in ("hf", "vllm"):
