@@ -9,6 +9,9 @@ each run's metrics.jsonl: median `timing/step_s` after the first `skip` steps, t
 
     python benchmarks/step_time.py           # 2 × (OPSD, ATESD) runs of 12 steps, 16 prompts × 64 tokens
     python benchmarks/step_time.py --quick   # tiny sizes, CI smoke
+    python benchmarks/step_time.py --controller qwen3-recipe --probe-size 16
+        # ATESD with the Qwen3 recipes' controller (configs/qwen3-1.7b-atesd.yaml's exposure section:
+        # discounted probe-NLL progress + grounding score, no counterfactual credit) at their probe size
 """
 
 from __future__ import annotations
@@ -37,12 +40,23 @@ METHODS = {  # name → (base config, overrides that pin the method)
 }
 
 
+def recipe_controller() -> list[str]:
+    """The exposure section of configs/qwen3-1.7b-atesd.yaml as overrides (probe_size excepted:
+    --probe-size sets it)."""
+    from omegaconf import OmegaConf
+
+    exposure = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "qwen3-1.7b-atesd.yaml"))["exposure"]
+    return [f"exposure.{key}={value}" for key, value in exposure.items() if key != "probe_size"]
+
+
 def run_once(method: str, sizes: dict, model_dir: Path, train_file: Path, out_dir: Path) -> list[dict]:
     """One training run; returns its metrics.jsonl records."""
     from atesd.config import load_config
     from atesd.train import train
 
     base, pinned = METHODS[method]
+    if method == "ATESD" and sizes.get("controller") == "qwen3-recipe":
+        pinned = recipe_controller()
     overrides = [
         f"model.name_or_path={model_dir}", f"data.train={train_file}", "data.val=null",
         f"steps={sizes['steps']}", f"prompts_per_step={sizes['prompts_per_step']}",
@@ -75,7 +89,8 @@ def run(sizes: dict, threads: int, work_dir: Path) -> dict:
             runs.append({
                 "method": method, "repeat": repeat,
                 "step_s": [r["timing/step_s"] for r in kept],
-                "exposure_s": [r.get("timing/probe_s", 0.0) + r.get("timing/grounding_s", 0.0) for r in kept],
+                "exposure_s": [r.get("timing/probe_s", 0.0) + r.get("timing/grounding_s", 0.0)
+                               + r.get("timing/credit_s", 0.0) for r in kept],
                 "rollout_s": [r["timing/sample_s"] for r in kept],
                 "loss_s": [r["timing/loss_s"] for r in kept],
                 "tokens_per_s": [r["train/tokens_per_s"] for r in kept],
@@ -115,13 +130,14 @@ def to_markdown(result: dict) -> str:
         f"{s['preset']} with random weights, {s['prompts_per_step']} prompts/step × up to {s['max_new_tokens']} new "
         f"tokens (temperature 1, top-p 1, top-k 0), {s['steps']} steps per run, first {s['skip']} skipped, "
         f"{s['repeats']} interleaved runs per method, exposure.probe_size={s['probe_size']}, "
-        f"{result['threads']} torch thread(s). Medians over all timed steps.",
+        f"{result['threads']} torch thread(s), ATESD controller: {s.get('controller', 'toy')}. "
+        "Medians over all timed steps.",
         "",
         table(["method", "step s", "per-run medians", "rollout s", "loss s", "probe + grounding s",
                "tokens/s", "mean α", "mean completion tokens", "steps"], rows),
         "",
         f"ATESD / OPSD step time: **{result['ratio_atesd_over_opsd']:.3f}×** (goal ≤ {result['goal_ratio']:.2f}: "
-        f"**{'met' if result['goal_met'] else 'not met'}**). ATESD-only work (probe NLL + grounding score) is "
+        f"**{'met' if result['goal_met'] else 'not met'}**). ATESD-only work (probe NLL, grounding score, credit) is "
         f"{summary['ATESD']['median_exposure_s']:.3f} s/step, "
         f"{100 * summary['ATESD']['median_exposure_s'] / summary['OPSD']['median_step_s']:.1f}% of an OPSD step.",
     ])
@@ -136,6 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prompts-per-step", type=int, default=None)
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--probe-size", type=int, default=None, help="exposure.probe_size (ATESD probe sequences)")
+    parser.add_argument("--controller", choices=["toy", "qwen3-recipe"], default="toy",
+                        help="ATESD's controller: configs/toy-atesd.yaml's, or the Qwen3 recipes'")
     parser.add_argument("--work-dir", default=None, help="keep the runs here (default: a temporary directory)")
     parser.add_argument("--json", default=None, help="also write the result dict here")
     args = parser.parse_args(argv)
@@ -143,6 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
     for key in ("steps", "repeats", "prompts_per_step", "max_new_tokens", "probe_size"):
         if getattr(args, key) is not None:
             sizes[key] = getattr(args, key)
+    if args.controller != "toy":
+        sizes["controller"] = args.controller
     with tempfile.TemporaryDirectory(prefix="atesd-step-time-") as tmp:
         result = run(sizes, args.threads, Path(args.work_dir or tmp))
     return publish(result, to_markdown, args.json)
