@@ -5,10 +5,13 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from atesd.data import write_problems
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _atesd(*args, cwd=None):
@@ -34,6 +37,19 @@ def test_eval_takes_toy_names_for_the_model_and_the_data(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert report["n_problems"] == 3 and report["meta"]["data"].endswith("toy-1m/data/test.jsonl")
+
+
+def test_eval_protocol_flag_reproduces_the_shipped_bases_committed_per_problem_figures(tmp_path):
+    # the first 32 of the 500 problems (one generation call of 256 samples): each problem's accuracy
+    # equals the bench's base row (31.5% over all 500; the full run, ~4 min, is in README.md)
+    proc = _atesd("eval", "--model", "toy:toy-1m", "--protocol", "toy-avg8", "--limit", 32, "--out", tmp_path / "ev")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("protocol toy-avg8: sampled Average@8 on the first 500 test problems")
+    bench = json.loads((REPO / "docs" / "figures" / "bench-toy" / "bench.json").read_text())
+    [base, *_] = [r for r in bench["results"] if r["method"] == "base"]
+    assert base["test"]["meta"]["protocol"]["name"] == "toy-avg8" and round(base["test"]["average_at_k"], 3) == 0.315
+    ours = json.loads((tmp_path / "ev" / "eval.json").read_text())["per_problem_accuracy"]
+    assert len(ours) == 32 and ours == {key: base["test"]["per_problem_accuracy"][key] for key in ours}
 
 
 def test_bad_data_file_gives_one_line_per_bad_row_and_no_traceback(tiny_model_dir, tmp_path):

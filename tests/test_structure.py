@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "atesd"
-ENTRY_POINTS = {"atesd.cli", "atesd.__main__"}
+ENTRY_POINTS = {"atesd.cli", "atesd.__main__", "atesd.api"}  # the CLI and the Python API resolve toy: names
 
 
 def _modules() -> dict[str, Path]:

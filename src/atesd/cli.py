@@ -22,10 +22,14 @@ def _add_eval(sub) -> None:
         description="Flags override the --config file; without --config, --model and --data are required.",
     )
     p.add_argument("--config", default=None, help="eval YAML (see configs/eval/, e.g. configs/eval/aime24.yaml)")
-    p.add_argument("--model", default=None, help="local model directory or hub id")
+    p.add_argument("--model", default=None, help="local model directory, hub id or toy world (toy:toy-1m)")
+    p.add_argument("--protocol", default=None, metavar="NAME",
+                   help="a toy protocol by name, e.g. toy-avg8 (the README's toy figures; atesd.experiments.protocol): "
+                        "its problems, k, seed and sampling; --data defaults to its split (toy:test); --limit N "
+                        "checks its first N problems")
     p.add_argument("--data", default=None,
-                   help="problem file (JSONL/JSON/CSV/Parquet) or hub dataset; replaces the config's data "
-                        "and, unless --split is given too, its split")
+                   help="problem file (JSONL/JSON/CSV/Parquet), hub dataset or toy split (toy:test); replaces the "
+                        "config's data and, unless --split is given too, its split")
     p.add_argument("--split", default=None, help="hub dataset split")
     p.add_argument("--k", type=int, default=None, help=f"samples per problem (default {d.k})")
     p.add_argument("--out", dest="out_dir", metavar="DIR", default=None,
@@ -72,6 +76,12 @@ def _run_eval(args) -> None:
     flags = {name: getattr(args, name) for name in names if getattr(args, name) is not None}  # given flags only
     if args.columns is not None:
         flags["columns"] = parse_columns(args.columns)
+    if args.protocol is not None:  # the toy protocol by name: the experiments' settings, mapped here
+        from atesd.experiments.protocol import PROTOCOLS, protocol_eval_settings
+
+        flags = protocol_eval_settings(args.protocol, flags)
+        print(PROTOCOLS[args.protocol].describe() + (f" (its first {flags['limit']} problems)"
+                                                      if flags["limit"] != PROTOCOLS[args.protocol].n_problems else ""))
     cfg = load_eval_config(args.config, flags)
     check_complete(cfg)
     model, data = resolve_model_and_data(cfg.model, cfg.data)
@@ -93,7 +103,8 @@ def _add_toy(sub) -> None:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--no-report", action="store_true", help="skip the evaluation tables")
     b.add_argument("--minutes", type=float, default=15.0,
-                   help="with --data: the warm start's time budget on 2 CPU cores (sets its steps and vocabulary)")
+                   help="with --data: the whole command's time budget on this machine, measured at the start "
+                        "(sets the warm start's steps and vocabulary; the report's time comes out of it)")
     b.add_argument("--rebuild", action="store_true",
                    help="build even when the world is cached or ships with the package (into the cache)")
 

@@ -157,13 +157,13 @@ class EvalReport:
     maj_at_k: float
     ci95: tuple[float, float]
     per_difficulty: dict[str, DifficultyAccuracy]
-    per_problem_accuracy: dict[str, float]
+    per_problem_accuracy: dict[str, float] = field(repr=False)
     mean_completion_tokens: float
     truncation_rate: float
     loop_rate: float = 0.0  # share of completions ending in a repetition loop (atesd.loops)
     sampling: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
-    samples: tuple[SampleRecord, ...] = ()
+    samples: tuple[SampleRecord, ...] = field(default=(), repr=False)
 
     def to_dict(self) -> dict:
         """Everything but the per-sample records, JSON-ready."""

@@ -13,7 +13,8 @@ docs/toy-world.md section 9.2, for differences between two trained models below 
 resolves: Average@16 on the 2,000 problems of the world's second held-out split `test-large`
 (levels 2–5, 500 each; `atesd.toy.build.large_test_split`), otherwise as toy-avg8. Its figures are
 never compared with toy-avg8's. `PROTOCOLS` names both; `benchmarks/bench_reevaluate.py` evaluates
-a bench's saved models under either.
+a bench's saved models under either, and `atesd eval --protocol NAME` (`protocol_eval_settings`)
+evaluates any model under one by name.
 """
 
 from __future__ import annotations
@@ -62,10 +63,37 @@ class EvalProtocol:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def eval_settings(self) -> dict:
+        """The protocol as `atesd eval` settings (EvalConfig field → value; `limit` is n_problems):
+        `atesd eval --protocol NAME` and `atesd.evaluate(protocol=NAME)` run exactly `evaluate_under`."""
+        return {"limit": self.n_problems, "k": self.k, "seed": self.seed, "temperature": self.temperature,
+                "top_p": self.top_p, "top_k": self.top_k, "max_new_tokens": self.max_new_tokens,
+                "batch_size": self.batch_size}
+
 
 TOY_PROTOCOL = EvalProtocol(name="toy-avg8")
 TOY_PROTOCOL_LARGE = EvalProtocol(name="toy-large-avg16", split="test-large", n_problems=2000, k=16)
 PROTOCOLS = {protocol.name: protocol for protocol in (TOY_PROTOCOL, TOY_PROTOCOL_LARGE)}
+
+
+def protocol_eval_settings(name: str, given: dict) -> dict:
+    """`given` (the eval settings a user passed: EvalConfig field → value) with protocol `name`'s
+    settings added, and `data` defaulting to the protocol's toy split (`toy:<split>`). A setting the
+    protocol fixes may not be given too, except a smaller `limit` (the first N of its problems: a
+    quick check, no longer the protocol)."""
+    if name not in PROTOCOLS:
+        raise ValueError(f"--protocol {name!r}: unknown protocol; choose one of {', '.join(PROTOCOLS)}")
+    protocol = PROTOCOLS[name]
+    settings = protocol.eval_settings()
+    clash = sorted(key for key in settings if key in given and key != "limit")
+    if clash:
+        raise ValueError(f"--protocol {name} fixes {', '.join('--' + key.replace('_', '-') for key in clash)}; "
+                         "drop them or drop --protocol")
+    limit = given.get("limit")
+    if limit is not None and protocol.n_problems is not None and limit > protocol.n_problems:
+        raise ValueError(f"--limit {limit}: protocol {name} evaluates {protocol.n_problems} problems")
+    return {"data": f"toy:{protocol.split}", **given, **settings,
+            **({"limit": limit} if limit is not None else {})}
 
 
 def evaluate_under(protocol: EvalProtocol, model_or_dir, problems: list[Problem], prompts: PromptConfig,
