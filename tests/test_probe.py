@@ -51,12 +51,8 @@ def test_grounding_cache_survives_a_checkpoint(tiny_model, tiny_tokenizer):
 
 @pytest.mark.slow
 def test_two_processes_share_the_probe_and_report_the_one_process_values(tiny_model, tiny_model_dir, tiny_tokenizer,
-                                                                         tmp_path):
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+                                                                         tmp_path, free_port):
+    port = free_port
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
                str(REPO / "tests" / "scripts" / "dist_probe.py"), str(tiny_model_dir), str(tmp_path)]
     proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},

@@ -13,20 +13,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("wrap", ["plain", "peft"])
-def test_fsdp2_generation_gathers_each_unit_once_per_call(tiny_model_dir, tmp_path, wrap):
+def test_fsdp2_generation_gathers_each_unit_once_per_call(tiny_model_dir, tmp_path, wrap, free_port):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), str(REPO / "tests" / "scripts" / "dist_generate.py"), str(tiny_model_dir),
+               str(free_port), str(REPO / "tests" / "scripts" / "dist_generate.py"), str(tiny_model_dir),
                str(tmp_path), wrap]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-6000:]
