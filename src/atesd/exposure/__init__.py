@@ -17,6 +17,7 @@ from atesd.exposure.beta_policy import (
 from atesd.exposure.learned import LearnedExposure
 from atesd.exposure.credit import ProbeCredit, StepCredit
 from atesd.exposure.per_example import PerExampleExposure
+from atesd.exposure.by_feature import ByFeatureExposure
 from atesd.exposure.policies import (
     ByDifficultyExposure,
     ExposureChoice,
@@ -46,6 +47,7 @@ from atesd.exposure.state import (
 
 __all__ = [
     "ByDifficultyExposure",
+    "ByFeatureExposure",
     "ExampleContext",
     "ExposureChoice",
     "GlobalLearnedExposure",

@@ -30,7 +30,7 @@ from typing import Sequence
 
 from atesd.exposure.config import ExposureConfig
 from atesd.exposure.decision import ExposureChoice
-from atesd.exposure.policies import FixedExposure
+from atesd.exposure.held import FixedExposure
 from atesd.exposure.state import ExampleContext, TrainingSignals
 
 

@@ -13,7 +13,7 @@ which returns an `ExposureChoice`: one α per example (the same for a global pol
 counterfactual reward, the α′ each example is also scored with. `ratio_for_step(t)` is the
 global policies' own method underneath.
 
-Policies:
+Policies (the untrained ones share `atesd.exposure.held`'s mechanics):
     FixedExposure     α = reveal_ratio at every step (OPSD is reveal_ratio = 1).
     ByDifficulty      α = difficulty_ratios[level − 1] per example (an oracle check, ours).
     ByFeature         α per bin of a label-free per-example feature (`atesd.exposure.by_feature`).
@@ -34,8 +34,10 @@ from __future__ import annotations
 import random
 from typing import Protocol, Sequence, runtime_checkable
 
+from atesd.exposure.by_feature import ByFeatureExposure
 from atesd.exposure.config import ExposureConfig
-from atesd.exposure.decision import ExposureChoice, ExposureDecision, StepClock
+from atesd.exposure.decision import ExposureChoice
+from atesd.exposure.held import FixedExposure, GlobalDecisions, HeldRatioPolicy
 from atesd.exposure.learned import LearnedExposure
 from atesd.exposure.per_example import PerExampleExposure
 from atesd.exposure.state import ExampleContext, TrainingSignals
@@ -80,89 +82,11 @@ class ExposurePolicy(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-class GlobalDecisions:
-    """`decide` for a policy with one α per step (`ratio_for_step`) for the whole batch."""
-
-    def decide(self, step: int, contexts: Sequence[ExampleContext]) -> ExposureChoice:
-        ratio = self.ratio_for_step(step)
-        counterfactual = getattr(self, "counterfactual_ratio", lambda: None)()
-        return ExposureChoice([ratio] * len(contexts), None if counterfactual is None else [counterfactual] * len(contexts))
-
-
 class GlobalLearnedExposure(GlobalDecisions, LearnedExposure):
     """The ATESD controller behind the loop's `decide` (one α per hold window for the batch)."""
 
 
-class _HeldRatioPolicy(GlobalDecisions):
-    """Shared mechanics of the untrained policies: a decision per window, a record per decision."""
-
-    kind = ""
-    needs_grounding_score = False
-    needs_probe_nll = False
-    needs_credit = False
-    probe_every = 1
-
-    def wants_credit(self, step: int) -> bool:
-        return False
-
-    def __init__(self) -> None:
-        self._clock = StepClock()
-        self._current: ExposureDecision | None = None
-
-    def _window(self, step: int) -> int:
-        raise NotImplementedError
-
-    def _choose(self, step: int, window: int) -> tuple[float, float]:
-        """(raw_reveal_ratio, reveal_ratio) for the window starting at step t."""
-        raise NotImplementedError
-
-    def ratio_for_step(self, step: int) -> float:
-        if self._clock.begin(step):
-            window = self._window(step)
-            if self._current is None or self._current.window != window:
-                sampled, used = self._choose(step, window)
-                self._current = ExposureDecision(step, window, sampled, used)
-        return self._current.reveal_ratio
-
-    def observe(self, step: int, signals: TrainingSignals | None, credit=None) -> list[dict]:
-        self._clock.end(step)
-        return [self._current.record()] if self._current.step == step else []
-
-    def state_dict(self) -> dict:
-        return {
-            "kind": self.kind,
-            "clock": self._clock.state_dict(),
-            "current": None if self._current is None else self._current.to_state(),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("kind") != self.kind:
-            raise ValueError(
-                f"this checkpoint holds a {state.get('kind')!r} exposure policy, not "
-                f"{self.kind!r}: resume with the exposure.policy the run was started with"
-            )
-        self._clock.load_state_dict(state["clock"])
-        current = state["current"]
-        self._current = None if current is None else ExposureDecision.from_state(current)
-
-
-class FixedExposure(_HeldRatioPolicy):
-    """α = reveal_ratio at every step; one decision record, at the first step."""
-
-    kind = "fixed"
-
-    def __init__(self, reveal_ratio: float) -> None:
-        super().__init__()
-        self.reveal_ratio = reveal_ratio
-
-    def _window(self, step: int) -> int:
-        return 0
-
-    def _choose(self, step: int, window: int) -> tuple[float, float]:
-        return self.reveal_ratio, self.reveal_ratio
-
-
-class RandomExposure(_HeldRatioPolicy):
+class RandomExposure(HeldRatioPolicy):
     """An untrained draw per hold window: U[α_min, α_max] or clip(Beta(a, b), α_min, α_max).
 
     The draw of window w = t // H depends only on (seed, w), so a resumed run draws the same α.
@@ -186,7 +110,7 @@ class RandomExposure(_HeldRatioPolicy):
         return sampled, min(self.cfg.ratio_max, max(self.cfg.ratio_min, sampled))
 
 
-class ScheduleExposure(_HeldRatioPolicy):
+class ScheduleExposure(HeldRatioPolicy):
     """α_t = start + (end − start) · min(1, t/(T − 1)): start at step 0, end at step T − 1."""
 
     kind = "schedule"
@@ -235,8 +159,6 @@ def make_exposure_policy(cfg: ExposureConfig, total_steps: int) -> ExposurePolic
     if cfg.policy == "by_difficulty":
         return ByDifficultyExposure(cfg)
     if cfg.policy == "by_feature":
-        from atesd.exposure.by_feature import ByFeatureExposure  # it builds on FixedExposure, defined here
-
         return ByFeatureExposure(cfg)
     if cfg.policy == "random":
         return RandomExposure(cfg)
