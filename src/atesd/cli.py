@@ -96,12 +96,24 @@ def _run_eval(args) -> None:
 def _add_toy(sub) -> None:
     p = sub.add_parser("toy", help="the embedded toy world")
     toy_sub = p.add_subparsers(dest="toy_command", required=True)
-    b = toy_sub.add_parser("build", help="generate the task, train the tokenizer, warm-start a tiny Qwen3")
+    b = toy_sub.add_parser(
+        "build", help="generate the task, train the tokenizer, warm-start a tiny Qwen3",
+        description="Measures this machine, prints the plan (every phase and the whole command's minutes), "
+                    "builds the world, prints its student / teacher / supervised-control tables and a verdict: "
+                    "whether the world is usable for self-distillation, why, and what to change if not.",
+        epilog="exit status: 0 the world is usable (or --no-report: no verdict); 2 bad input; "
+               "3 the world was built but the verdict says it is NOT usable")
     b.add_argument("--preset", default="toy-1m", help="model preset (toy-1m, toy-5m, toy-test)")
-    b.add_argument("--out", default=None, help="copy the built world here (default: the cache only)")
+    b.add_argument("--out", default=None,
+                   help="copy the built world here, with its report.json (default: the cache only)")
     b.add_argument("--data", default=None, help="warm-start on this problem file instead of the toy task")
+    b.add_argument("--max-level", type=int, default=None,
+                   help="with --data: keep only the problems of difficulty <= this (easier levels only)")
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--no-report", action="store_true", help="skip the evaluation tables")
+    b.add_argument("--threads", type=int, default=2,
+                   help="torch threads of the warm start (default 2; the build is deterministic per value; "
+                        "1 on a CPU other work shares)")
+    b.add_argument("--no-report", action="store_true", help="skip the evaluation tables and the verdict")
     b.add_argument("--minutes", type=float, default=15.0,
                    help="with --data: the whole command's time budget on this machine, measured at the start "
                         "(sets the warm start's steps and vocabulary; the report's time comes out of it)")
@@ -109,11 +121,13 @@ def _add_toy(sub) -> None:
                    help="build even when the world is cached or ships with the package (into the cache)")
 
 
-def _run_toy(args) -> None:
-    from atesd.experiments.world_report import run_toy_build
+def _run_toy(args) -> int:
+    from atesd.experiments.world_build import WORLD_NOT_USABLE, run_toy_build
 
-    run_toy_build(preset=args.preset, out=args.out, data=args.data, seed=args.seed, report=not args.no_report,
-                  rebuild=args.rebuild, minutes=args.minutes)
+    _, verdict = run_toy_build(preset=args.preset, out=args.out, data=args.data, seed=args.seed,
+                               report=not args.no_report, rebuild=args.rebuild, minutes=args.minutes,
+                               max_level=args.max_level, threads=args.threads)
+    return WORLD_NOT_USABLE if verdict is not None and not verdict.usable else 0
 
 
 def _add_train(sub) -> None:
@@ -294,14 +308,14 @@ def main(argv: list[str] | None = None) -> int:
     from atesd.data import DataError
 
     try:
-        COMMANDS[args.command][1](args)
+        status = COMMANDS[args.command][1](args)  # None, or a command's own exit status
     except (DataError, ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"atesd {args.command}: error: {err}", file=sys.stderr)
         return 2
     except (OSError, ImportError, ZeroDivisionError) as err:  # a bad --model path, a missing backend
         print(f"atesd {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 def one_line(err: BaseException) -> str:

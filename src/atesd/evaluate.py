@@ -296,11 +296,12 @@ def evaluate(
     engine: RolloutEngine | None = None,
     score_workers: int | None = None,
     meta: dict | None = None,
+    description: str = "eval",
 ) -> EvalReport:
     """k completions per problem from `model` (student prompt), judged by atesd.answers.score_batch.
 
     engine: a rollout engine to sample with (default: the HF engine over `model`, batch_size prompts per call);
-    generation runs in chunks of batch_size samples (progress bar over samples); an engine with
+    generation runs in chunks of batch_size samples (progress bar over samples, named `description`); an engine with
     `generate_chunks` (`atesd.eval_vllm.DataParallelVLLM`) gets every chunk at once.
     score_workers: passed to score_batch (None: its default pool; 0: in-process).
     """
@@ -324,7 +325,7 @@ def evaluate(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(prompts), desc="eval", unit="sample")
+        bar = tqdm(total=len(prompts), desc=description, unit="sample")
     try:
         chunks = [(prompts[start:start + batch_size], replace(sampling, seed=_chunk_seed(sampling.seed, chunk)))
                   for chunk, start in enumerate(range(0, len(prompts), batch_size))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from safetensors.torch import load_file
@@ -118,33 +119,40 @@ def test_a_killed_builds_staging_folder_is_removed_by_the_next_build(tmp_path):
     assert not stale.exists() and (tmp_path / "w" / "world.json").is_file()
 
 
-def test_a_world_on_a_users_file_is_sized_to_the_time_budget(tmp_path):
-    from atesd.toy.budget import MAX_STEPS, MIN_STEPS, plan_world
+def _wordy_problems(n: int) -> list[Problem]:
+    return [Problem(id=f"p{i}", problem=f"Tom has {i} apples and buys {i + 2} more. How many apples?",
+                    solution=("Tom starts with some apples and we add the ones he buys to them carefully.\n\n"
+                              f"He buys {i + 2} more, so {i} + {i + 2} = {2 * i + 2}.\n\nThe answer is "
+                              f"\\boxed{{{2 * i + 2}}}."), answer=str(2 * i + 2), difficulty=1 + i % 3)
+            for i in range(n)]
 
-    problems = [Problem(id=f"p{i}", problem=f"Tom has {i} apples and buys {i + 2} more. How many apples?",
-                        solution=("Tom starts with some apples and we add the ones he buys to them carefully.\n\n"
-                                  f"He buys {i + 2} more, so {i} + {i + 2} = {2 * i + 2}.\n\nThe answer is "
-                                  f"\\boxed{{{2 * i + 2}}}."), answer=str(2 * i + 2)) for i in range(60)]
-    write_problems(tmp_path / "wordy.jsonl", problems)
+
+def test_a_world_on_a_users_file_is_sized_to_the_seconds_left():
+    from atesd.toy.budget import MAX_STEPS, MIN_STEPS, data_tokenizer, sized, warm_start_steps
+
+    assert warm_start_steps(1.0, 0.5) == MIN_STEPS and warm_start_steps(1e6, 0.5) == MAX_STEPS
+    assert warm_start_steps(300.0, 0.5) == 600
+    cfg = ToyWorldConfig(preset="toy-test", data=None)
+    tokenizer, vocab, per_example = data_tokenizer(cfg, _wordy_problems(60))
+    assert vocab == 512 and per_example > 30 and "Ġapples" in tokenizer.get_vocab()
+    planned = sized(cfg, vocab, 600)
+    assert planned.warm_start.steps == 600 and planned.vocab_size == 512 and planned.warm_start.warmup_steps == 50
+    assert sized(cfg, vocab, 100).warm_start.warmup_steps == 10
+
+
+def test_max_level_keeps_the_easier_levels_of_a_file_and_is_another_world(tmp_path):
+    write_problems(tmp_path / "wordy.jsonl", _wordy_problems(60))
     cfg = ToyWorldConfig(preset="toy-test", data=str(tmp_path / "wordy.jsonl"))
-    short, short_plan = plan_world(cfg, minutes=0.01)
-    long, long_plan = plan_world(cfg, minutes=60)
-    assert short.warm_start.steps == short_plan.steps == MIN_STEPS  # the floor
-    assert long.warm_start.steps == MAX_STEPS and long_plan.estimated_minutes <= 60
-    middle, plan = plan_world(cfg, minutes=0.5)
-    assert MIN_STEPS < plan.steps < MAX_STEPS and abs(plan.estimated_minutes - 0.5) < 0.05
-    assert plan.tokens_per_example > 30 and middle.vocab_size == plan.vocab_size == 512
-    assert plan_world(cfg, minutes=0.5)[0] == middle  # deterministic: the same cache key anywhere
-    assert "min of warm start" in plan.describe(middle.warm_start.batch_size)
-
-
-def test_the_warm_start_step_time_grows_with_the_square_of_the_example_length():
-    from atesd.toy.budget import step_seconds_for
-
-    default = step_seconds_for("toy-1m", 150, 32)
-    assert abs(default - 32 * 150 / 7000) < 1e-9  # the measured throughput at the reference length
-    assert abs(step_seconds_for("toy-1m", 374, 32) / default - (374 / 150) ** 2) < 1e-9  # 0.69 s → 4.3 s (measured 4.2)
-    assert step_seconds_for("toy-1m", 75, 32) == default / 2  # shorter: linear, no extra speed-up
+    easier = build.file_problems(replace(cfg, max_level=2))
+    assert len(easier) == 40 and max(p.difficulty for p in easier) == 2
+    assert replace(cfg, max_level=2).cache_key() != cfg.cache_key() and "max_level" not in cfg.recorded()
+    with pytest.raises(ValueError, match="need at least 10 problems.*difficulty <= 0"):
+        build.file_problems(replace(cfg, max_level=0))
+    write_problems(tmp_path / "flat.jsonl", [replace(p, difficulty=None) for p in _wordy_problems(20)])
+    with pytest.raises(ValueError, match=r"flat.jsonl: max_level 2 needs a difficulty on every problem; problem 'p0'"):
+        build.file_problems(replace(cfg, data=str(tmp_path / "flat.jsonl"), max_level=2))
+    with pytest.raises(ValueError, match="max_level keeps the easier levels of a problem file"):
+        ToyWorldConfig(max_level=2)
 
 
 def test_a_reveal_rounding_other_than_the_floor_is_another_world():

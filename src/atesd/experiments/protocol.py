@@ -97,11 +97,13 @@ def protocol_eval_settings(name: str, given: dict) -> dict:
 
 
 def evaluate_under(protocol: EvalProtocol, model_or_dir, problems: list[Problem], prompts: PromptConfig,
-                   tokenizer=None, progress: bool = False) -> EvalReport:
-    """Evaluate a model (or a saved model directory) on `problems` under the protocol."""
+                   tokenizer=None, progress: bool = False, description: str = "eval") -> EvalReport:
+    """Evaluate a model (or a saved model directory) on `problems` under the protocol (`description`
+    names its progress bar)."""
     model, meta = model_or_dir, {"protocol": protocol.to_dict()}
     if isinstance(model_or_dir, (str, os.PathLike)):
         model, tokenizer = load_pretrained(model_or_dir, device="cpu")
         meta["model"] = str(model_or_dir)
     return evaluate(model.eval(), tokenizer, problems, k=protocol.k, sampling=protocol.sampling(), prompt_cfg=prompts,
-                    batch_size=protocol.batch_size, progress=progress, score_workers=0, meta=meta)
+                    batch_size=protocol.batch_size, progress=progress, score_workers=0, meta=meta,
+                    description=description)

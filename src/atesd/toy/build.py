@@ -58,6 +58,7 @@ class ToyWorldConfig:
     preset: model shape, a key of atesd.toy.model.PRESETS ("toy-test", "toy-1m", "toy-5m").
     seed: seeds data, tokenizer corpus, initial weights and the warm-start example stream.
     data: a problem file in the standard format (generic path); None → the toy task.
+    max_level: with `data`, keep only the problems of difficulty <= this (None: all).
     task: how toy problems are drawn (ignored with `data`).
     n_train / n_val / n_test: split sizes for the toy task; with `data`, n_val and n_test problems
         (at most a tenth of the file each) are held out at random and the rest is train.
@@ -70,6 +71,7 @@ class ToyWorldConfig:
     preset: str = "toy-1m"
     seed: int = 0
     data: str | None = None
+    max_level: int | None = None
     task: task.TaskConfig = field(default_factory=task.TaskConfig)
     n_train: int = 20000
     n_val: int = 200
@@ -86,14 +88,21 @@ class ToyWorldConfig:
             raise ValueError("toy world split sizes n_train, n_val and n_test must be >= 1")
         if self.data is not None and not Path(self.data).is_file():
             raise FileNotFoundError(f"toy world data file {self.data!r} does not exist")
+        if self.max_level is not None and self.data is None:
+            raise ValueError("max_level keeps the easier levels of a problem file (data); the toy task's "
+                             "levels are task.levels")
 
     def recorded(self) -> dict:
         """The configuration as world.json records it and the key hashes it. A field added after
         worlds were shipped is left out at the default that reproduces them (prompts.reveal_rounding
-        = "floor"), so the shipped worlds keep their keys."""
+        = "floor", max_level = None, task.reference_style = "steps"), so the shipped worlds keep their keys."""
         content = asdict(self)
+        if content["max_level"] is None:
+            del content["max_level"]
         if content["prompts"].get("reveal_rounding") == "floor":
             del content["prompts"]["reveal_rounding"]
+        if content["task"].get("reference_style") == "steps":
+            del content["task"]["reference_style"]
         return content
 
     def cache_key(self) -> str:
@@ -135,7 +144,7 @@ def _built_on() -> dict:
             "date": time.strftime("%Y-%m-%d")}
 
 
-def _toy_splits(cfg: ToyWorldConfig) -> dict[str, list[Problem]]:
+def toy_splits(cfg: ToyWorldConfig) -> dict[str, list[Problem]]:
     """Toy splits with equal shares per level. Level 1 has only ~1,200 distinct problems, so the
     held-out splits are drawn first and the train split skips their problem texts."""
     splits: dict[str, list[Problem]] = {}
@@ -179,10 +188,24 @@ def _level_shares(problems: list[Problem], n: int, levels: list[int]) -> list[Pr
     return sorted(kept, key=lambda p: p.id)
 
 
-def _file_splits(cfg: ToyWorldConfig) -> dict[str, list[Problem]]:
+def file_problems(cfg: ToyWorldConfig) -> list[Problem]:
+    """The problems of `cfg.data`, those above `cfg.max_level` left out."""
     problems = load_problems(cfg.data)
+    if cfg.max_level is not None:
+        if any(p.difficulty is None for p in problems):
+            raise ValueError(f"{cfg.data}: max_level {cfg.max_level} needs a difficulty on every problem; "
+                             f"problem {next(p.id for p in problems if p.difficulty is None)!r} has none")
+        problems = [p for p in problems if p.difficulty <= cfg.max_level]
     if len(problems) < 10:
-        raise ValueError(f"{cfg.data}: need at least 10 problems to hold out val and test, got {len(problems)}")
+        raise ValueError(f"{cfg.data}: need at least 10 problems to hold out val and test, got {len(problems)}"
+                         + ("" if cfg.max_level is None else f" of difficulty <= {cfg.max_level}"))
+    return problems
+
+
+def file_splits(cfg: ToyWorldConfig) -> dict[str, list[Problem]]:
+    """Train, val and test splits of `cfg.data`: n_val and n_test problems (at most a tenth each)
+    held out at random by the seed, the rest train."""
+    problems = file_problems(cfg)
     order = list(range(len(problems)))
     random.Random(f"{cfg.seed}:split").shuffle(order)
     held = max(1, len(problems) // 10)
@@ -197,7 +220,7 @@ def _build_into(directory: Path, cfg: ToyWorldConfig, progress: bool) -> dict:
     import torch
 
     started = time.monotonic()
-    splits = _file_splits(cfg) if cfg.data is not None else _toy_splits(cfg)
+    splits = file_splits(cfg) if cfg.data is not None else toy_splits(cfg)
     for name in SPLITS:
         write_problems(directory / DATA_DIR / f"{name}.jsonl", splits[name])
     if cfg.data is None:  # a pure function of the splits: drawing it changes nothing else the build makes
@@ -225,7 +248,7 @@ def _build_into(directory: Path, cfg: ToyWorldConfig, progress: bool) -> dict:
 
 
 def build_toy_world(cfg: ToyWorldConfig | str | None = None, *, out: str | os.PathLike | None = None,
-                    force: bool = False, progress: bool = True, **overrides) -> Path:
+                    force: bool = False, progress: bool = True, facts: dict | None = None, **overrides) -> Path:
     """Build (or find in the cache) a toy world and return its directory.
 
     cfg: a ToyWorldConfig, or a preset name; keyword overrides replace its fields, e.g.
@@ -235,6 +258,7 @@ def build_toy_world(cfg: ToyWorldConfig | str | None = None, *, out: str | os.Pa
     force: rebuild even when the world exists (or is shipped with the package).
     A configuration whose world ships with the package returns the shipped directory (or, with
     `out`, a copy of it) without building.
+    facts: more entries for the world.json of a world this call builds (e.g. the plan that sized it).
     """
     if isinstance(cfg, str):
         cfg = ToyWorldConfig(preset=cfg)
@@ -255,13 +279,25 @@ def build_toy_world(cfg: ToyWorldConfig | str | None = None, *, out: str | os.Pa
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = atomic.staging_dir(target, "building")  # also removes a killed build's staging folder
     try:
-        facts = _build_into(staging, cfg, progress)
-        record = {"key": key, "version": BUILD_VERSION, "config": cfg.recorded(), **facts, "built_on": _built_on()}
+        built = _build_into(staging, cfg, progress)
+        record = {"key": key, "version": BUILD_VERSION, "config": cfg.recorded(), **built, **(facts or {}),
+                  "built_on": _built_on()}
         atomic.write_json(staging / WORLD_FILE, record)
         atomic.replace_dir(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def cached_world(name: str, value) -> Path | None:
+    """A world in the cache whose world.json has `name` = `value` (e.g. the request that sized it)."""
+    for marker in sorted(cache_root().glob(f"*/{WORLD_FILE}")):
+        try:
+            if json.loads(marker.read_text()).get(name) == value:
+                return marker.parent
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def world_splits(world: str | os.PathLike) -> dict[str, Path]:
