@@ -214,3 +214,42 @@ def test_train_and_eval_bad_row_errors_name_the_setting_as_each_command_takes_it
     proc = _atesd("eval", "--model", tmp_path / "no-such-model", "--data", data, "--out", tmp_path / "ev",
                   "--on-bad-row", "skip", "--max-bad-row-share", "0.1")
     assert "more than --max-bad-row-share=0.1" in proc.stderr
+
+
+def _subparsers(parser, path=()):
+    """(command path, parser) for every command and subcommand."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield (*path, name), child
+                yield from _subparsers(child, (*path, name))
+
+
+def test_every_flag_with_a_default_states_it_in_its_help():
+    from atesd.cli import build_parser
+
+    missing = []
+    for path, parser in _subparsers(build_parser()):
+        for action in parser._actions:
+            if not action.option_strings or action.help is None or action.dest == "help":
+                continue
+            if action.default not in (None, False, [], "==SUPPRESS==") and "default" not in action.help:
+                missing.append(f"atesd {' '.join(path)} {action.option_strings[-1]}")
+            if action.help.strip() == "":
+                missing.append(f"atesd {' '.join(path)} {action.option_strings[-1]} (no help)")
+        bare = [a.option_strings[-1] for a in parser._actions if a.option_strings and not a.help]
+        missing += [f"atesd {' '.join(path)} {flag} (no help)" for flag in bare]
+    assert missing == []
+
+
+def test_version_and_print_config_answer_without_training(tmp_path):
+    from atesd import __version__
+
+    assert _atesd("--version").stdout.strip() == f"atesd {__version__}"
+    proc = _atesd("train", "--config", REPO / "configs" / "toy-opsd.yaml", "--print-config", "steps=3",
+                  f"output_dir={tmp_path / 'run'}")
+    assert proc.returncode == 0, proc.stderr
+    assert "\nsteps: 3\n" in proc.stdout and "  name_or_path: toy:toy-1m\n" in proc.stdout
+    assert "decisions_per_update:" in proc.stdout and not (tmp_path / "run").exists()

@@ -201,3 +201,10 @@ def test_a_model_that_repeats_one_token_ends_every_completion_in_a_loop(tiny_mod
     report.save(tmp_path)
     assert json.loads((tmp_path / EVAL_JSON).read_text())["loop_rate"] == 1.0
     assert json.loads((tmp_path / SAMPLES_JSONL).read_text().splitlines()[0])["ends_in_loop"] is True
+
+
+def test_eval_markdown_shows_pass_at_1_once_at_k_1_and_pass_at_k_beside_it_otherwise():
+    one = aggregate([_problem("a"), _problem("b")], _records("a", ["1"], [True]) + _records("b", ["4"], [False]), k=1)
+    assert one.to_markdown().count("| pass@1 |") == 1
+    two = aggregate([_problem("a")], _records("a", ["1", "2"], [True, False]), k=2)
+    assert "| pass@1 | 50.00% |" in two.to_markdown() and "| pass@2 | 100.00% |" in two.to_markdown()

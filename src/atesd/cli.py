@@ -103,20 +103,20 @@ def _add_toy(sub) -> None:
                     "whether the world is usable for self-distillation, why, and what to change if not.",
         epilog="exit status: 0 the world is usable (or --no-report: no verdict); 2 bad input; "
                "3 the world was built but the verdict says it is NOT usable")
-    b.add_argument("--preset", default="toy-1m", help="model preset (toy-1m, toy-5m, toy-test)")
+    b.add_argument("--preset", default="toy-1m", help="model preset: toy-1m, toy-5m or toy-test (default toy-1m)")
     b.add_argument("--out", default=None,
                    help="copy the built world here, with its report.json (default: the cache only)")
     b.add_argument("--data", default=None, help="warm-start on this problem file instead of the toy task")
     b.add_argument("--max-level", type=int, default=None,
                    help="with --data: keep only the problems of difficulty <= this (easier levels only)")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=0, help="seed of the task, tokenizer and warm start (default 0)")
     b.add_argument("--threads", type=int, default=2,
                    help="torch threads of the warm start (default 2; the build is deterministic per value; "
                         "1 on a CPU other work shares)")
     b.add_argument("--no-report", action="store_true", help="skip the evaluation tables and the verdict")
     b.add_argument("--minutes", type=float, default=15.0,
                    help="with --data: the whole command's time budget on this machine, measured at the start "
-                        "(sets the warm start's steps and vocabulary; the report's time comes out of it)")
+                        "(sets the warm start's steps and vocabulary; the report's time comes out of it; default 15)")
     b.add_argument("--rebuild", action="store_true",
                    help="build even when the world is cached or ships with the package (into the cache)")
 
@@ -131,8 +131,12 @@ def _run_toy(args) -> int:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train with a YAML config and key=value overrides")
+    p = sub.add_parser("train", help="train with a YAML config and key=value overrides",
+                       description="Every config field and its value: `atesd train --config FILE --print-config` "
+                                   "(each field documented in src/atesd/config.py and docs/algorithm.md).")
     p.add_argument("--config", required=True, help="YAML file (see configs/)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (file + overrides, every field) as YAML and exit without training")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
     p.add_argument("--overwrite", action="store_true",
                    help="output_dir holds a run: move it aside to <output_dir>.old-<time> and start anew")
@@ -140,11 +144,15 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> None:
-    from atesd.config import load_config
+    from atesd.config import config_yaml, load_config
     from atesd.toy.paths import resolve_toy_paths
     from atesd.train import train
 
-    cfg = resolve_toy_paths(load_config(args.config, args.overrides))
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(config_yaml(cfg), end="")
+        return
+    cfg = resolve_toy_paths(cfg)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     print(result.summary())
 
@@ -152,11 +160,12 @@ def _run_train(args) -> None:
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="toy world → base eval → training → eval, on 2 CPU cores")
     p.add_argument("--config", default=None, help="training config (default: the packaged toy config)")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--out", default="runs/demo",
+                   help="run folder (default runs/demo; a previous demo run there is moved aside to <out>.old-<time>)")
     p.add_argument("--n-problems", type=int, default=None,
                    help="first N test problems (default: the toy protocol's 500; fewer is no longer the protocol)")
     p.add_argument("--k", type=int, default=None, help="samples per problem (default: the toy protocol's 8)")
-    p.add_argument("overrides", nargs="*")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. steps=50 (default: none)")
 
 
 def _run_demo(args) -> None:
@@ -180,22 +189,22 @@ def _run_report(args) -> None:
 
 def _add_mismatch(sub) -> None:
     p = sub.add_parser("mismatch", help="teacher-student mismatch against the reveal ratio, on fixed rollouts")
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--split", default=None)
-    p.add_argument("--out", default="mismatch")
-    p.add_argument("--ratios", default="0,0.25,0.5,0.75,1", help="comma-separated reveal ratios")
-    p.add_argument("--n", type=int, default=None, help="the first N problems")
-    p.add_argument("--samples", type=int, default=1, help="student rollouts per problem")
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--chunk-size", type=int, default=1024)
-    p.add_argument("--thinking", action="store_true")
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--model", required=True, help="model directory, hub id or toy world (toy:toy-1m)")
+    p.add_argument("--data", required=True, help="problem file, hub dataset or toy split (toy:val)")
+    p.add_argument("--split", default=None, help="hub dataset split (default: none)")
+    p.add_argument("--out", default="mismatch", help="output folder (default mismatch)")
+    p.add_argument("--ratios", default="0,0.25,0.5,0.75,1", help="comma-separated reveal ratios (default 0,0.25,0.5,0.75,1)")
+    p.add_argument("--n", type=int, default=None, help="the first N problems (default: all)")
+    p.add_argument("--samples", type=int, default=1, help="student rollouts per problem (default 1)")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="rollout length limit (default 512)")
+    p.add_argument("--temperature", type=float, default=1.0, help="rollout sampling temperature (default 1.0)")
+    p.add_argument("--top-p", type=float, default=1.0, help="rollout top-p (default 1.0: off)")
+    p.add_argument("--top-k", type=int, default=0, help="rollout top-k (default 0: off)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--batch-size", type=int, default=16, help="rollouts per generation call (default 16)")
+    p.add_argument("--chunk-size", type=int, default=1024, help="tokens per divergence chunk (default 1024)")
+    p.add_argument("--thinking", action="store_true", help="enable_thinking for the student prompt (default off)")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default float32)")
     p.add_argument("--positions", action="store_true",
                    help="toy data only: also split the KL by position (before / at / after the first wrong "
                         "step, answer line) into positions.json")
@@ -226,17 +235,19 @@ def _run_mismatch(args) -> None:
 
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="every method on the toy world, same rollout budget, several seeds")
-    p.add_argument("--suite", default="toy", choices=["toy"])
+    p.add_argument("--suite", default="toy", choices=["toy"], help="the benchmark suite (default toy)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; 1 with --quick)")
     p.add_argument("--seed-offset", type=int, default=0,
                    help="the first seed (default 0): --seeds 3 --seed-offset 6 runs seeds 6, 7, 8")
     p.add_argument("--quick", action="store_true", help="tiny budgets for a CI smoke (~2 min on 2 cores)")
     p.add_argument("--out", default=None, help="default runs/bench-toy (runs/bench-toy-quick with --quick)")
-    p.add_argument("--methods", nargs="+", default=None, help="a subset of atesd.experiments.bench.METHODS")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="a subset of atesd.experiments.bench.METHODS (default: all of them)")
     p.add_argument("--steps", type=int, default=None,
                    help="training steps per run (default 500, the toy configs' own; validation every steps/4)")
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="config overrides applied to every method, e.g. --set optim.lr=1e-4 loss.divergence=forward_kl")
+                   help="config overrides applied to every method, e.g. --set optim.lr=1e-4 loss.divergence=forward_kl "
+                        "(default: none)")
 
 
 def _run_bench(args) -> None:
@@ -253,20 +264,20 @@ def _add_diagnose(sub) -> None:
     p = sub.add_parser("diagnose", help="does the exposure controller's reward rank reveal ratios like accuracy?")
     what = p.add_subparsers(dest="what", required=True)
     r = what.add_parser("rewards", help="correlation of α with each reward part in a run's exposure.jsonl")
-    r.add_argument("run_dir")
+    r.add_argument("run_dir", help="the output_dir of a training run (its exposure.jsonl)")
     c = what.add_parser("credit", help="first-order probe credit of every ratio on one model, same rollouts")
-    c.add_argument("--model", required=True)
-    c.add_argument("--data", required=True, help="training problems (probe and sample drawn from them)")
-    c.add_argument("--ratios", default="0,0.25,0.5,0.75,1")
-    c.add_argument("--n", type=int, default=256, help="problems sampled (one rollout each)")
-    c.add_argument("--probe-size", type=int, default=16)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--divergence", default="reverse_kl")
+    c.add_argument("--model", required=True, help="model directory, hub id or toy world (toy:toy-1m)")
+    c.add_argument("--data", required=True, help="training problems (probe and sample drawn from them), e.g. toy:train")
+    c.add_argument("--ratios", default="0,0.25,0.5,0.75,1", help="comma-separated reveal ratios (default 0,0.25,0.5,0.75,1)")
+    c.add_argument("--n", type=int, default=256, help="problems sampled, one rollout each (default 256)")
+    c.add_argument("--probe-size", type=int, default=16, help="held-out probe problems (default 16)")
+    c.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    c.add_argument("--divergence", default="reverse_kl", help="the loss's divergence (default reverse_kl)")
     c.add_argument("--probe", default="reference", choices=["reference", "accuracy"],
-                   help="the probe objective whose descent direction scores the ratios")
-    c.add_argument("--samples", type=int, default=4, help="--probe accuracy: samples per probe problem")
-    c.add_argument("--bench", default=None, help="a bench folder: compare with its fixed-ratio test accuracy")
-    c.add_argument("--out", default=None, help="write the table as JSON here")
+                   help="the probe objective whose descent direction scores the ratios (default reference)")
+    c.add_argument("--samples", type=int, default=4, help="--probe accuracy: samples per probe problem (default 4)")
+    c.add_argument("--bench", default=None, help="a bench folder: compare with its fixed-ratio test accuracy (default: none)")
+    c.add_argument("--out", default=None, help="write the table as JSON here (default: print only)")
 
 
 def _run_diagnose(args) -> None:
@@ -298,12 +309,19 @@ COMMANDS = {"eval": (_add_eval, _run_eval), "toy": (_add_toy, _run_toy),
             "bench": (_add_bench, _run_bench), "diagnose": (_add_diagnose, _run_diagnose)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    from atesd import __version__
+
     parser = argparse.ArgumentParser(prog="atesd", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"atesd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add, _ in COMMANDS.values():
         add(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from atesd.config import ConfigError
     from atesd.data import DataError
 

@@ -335,6 +335,11 @@ def hyperparameters(cfg: TrainConfig) -> dict:
     return flat
 
 
+def config_yaml(cfg: TrainConfig) -> str:
+    """The resolved config as YAML, every field (`atesd train --print-config`, config.yaml)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (the run directory's config.yaml)."""
-    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    Path(path).write_text(config_yaml(cfg))

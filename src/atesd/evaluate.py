@@ -194,7 +194,7 @@ class EvalReport:
             f"| problems | {self.n_problems} |",
             f"| Average@{k} | {100 * self.average_at_k:.2f}% (95% CI {100 * lo:.2f}–{100 * hi:.2f}) |",
             f"| pass@1 | {100 * self.pass_at_1:.2f}% |",
-            f"| pass@{k} | {100 * self.pass_at_k:.2f}% |",
+            *([f"| pass@{k} | {100 * self.pass_at_k:.2f}% |"] if k > 1 else []),  # at k = 1 it is pass@1
             f"| maj@{k} | {100 * self.maj_at_k:.2f}% |",
             f"| mean completion tokens | {self.mean_completion_tokens:.1f} |",
             f"| truncation rate | {100 * self.truncation_rate:.2f}% |",

@@ -228,3 +228,25 @@ def test_final_beta_mean_takes_each_levels_last_logged_value(tmp_path):
     assert final_beta_mean(tmp_path) == {"decision_step": 1, "all": 0.75, "by_difficulty": {"1": 0.9, "5": 0.6}}
     (tmp_path / "exposure.jsonl").write_text(json.dumps({"event": "decision", "decision_step": 0, "reveal_ratio": 1.0}))
     assert final_beta_mean(tmp_path) is None  # a fixed exposure logs no Beta
+
+
+def test_a_run_that_stopped_before_its_planned_steps_says_so_and_how_to_continue(learned_run):
+    assert not run_summary(learned_run).stopped_early  # no config.yaml: nothing planned to compare with
+    (learned_run / "config.yaml").write_text(f"steps: {STEPS + 10}\n")
+    text = summarize_run(learned_run)
+    assert f"stopped early: {STEPS} of {STEPS + 10} steps logged and no final/ model" in text
+    assert f"atesd train --config {learned_run / 'config.yaml'} --resume" in text
+    assert f"steps: {STEPS} of {STEPS + 10}" in text
+    (learned_run / "final").mkdir()
+    assert "stopped early" not in summarize_run(learned_run)
+
+
+def test_step_axes_have_whole_number_ticks_on_a_short_run():
+    from atesd.experiments.report import _figure, _style
+
+    fig, [ax] = _figure(1)
+    ax.plot([0, 1, 2], [0.5, 0.4, 0.3], label="loss")
+    _style(ax, "step", "train/loss")
+    fig.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if 0 <= t <= 2]
+    assert ticks and all(float(t).is_integer() for t in ticks)

@@ -34,6 +34,7 @@ from atesd import atomic
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 SNAPSHOT_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
 PLOT_NAMES = ("reveal_ratio.png", "beta_density.png", "reward.png", "loss_kl.png")
@@ -135,6 +136,20 @@ class RunSummary:
     decisions: int  # "decision" events in exposure.jsonl
     learned: bool  # decisions carry the controller's Beta(a, b)
     mean_step_s: float | None  # mean timing/step_s
+    planned_steps: int | None = None  # `steps` of the run's config.yaml (None without one)
+    finished: bool = False  # the run saved final/: it ran its last step
+
+    @property
+    def stopped_early(self) -> bool:
+        """The run ended before its planned steps (killed, stopped by the non-finite-loss guard)."""
+        return self.planned_steps is not None and not self.finished
+
+
+def _planned_steps(run_dir: Path) -> int | None:
+    from omegaconf import OmegaConf
+
+    config = run_dir / "config.yaml"
+    return int(OmegaConf.load(config).steps) if config.is_file() else None
 
 
 def run_summary(run_dir: str | Path) -> RunSummary:
@@ -153,6 +168,8 @@ def run_summary(run_dir: str | Path) -> RunSummary:
         decisions=len(logs.decisions),
         learned=logs.learned,
         mean_step_s=sum(step_times) / len(step_times) if step_times else None,
+        planned_steps=_planned_steps(Path(run_dir)),
+        finished=(Path(run_dir) / "final").is_dir(),
     )
 
 
@@ -166,9 +183,14 @@ def summarize_run(run_dir: str | Path) -> str:
     s = run_summary(run_dir)
     kind = ", learned (Beta controller)" if s.learned else ", untrained policy" if s.decisions else ""
     at_step = f" (step {s.final_step})" if s.final_loss is not None else ""
+    planned = "" if s.planned_steps is None else f" of {s.planned_steps}"
+    stopped = [f"stopped early: {s.steps}{planned} steps logged and no final/ model; metrics.jsonl says why if a "
+               f"guard stopped it, and `atesd train --config {Path(run_dir) / 'config.yaml'} --resume` continues "
+               "from its latest checkpoint"] if s.stopped_early else []
     return "\n".join([
         f"run: {Path(run_dir)}",
-        f"steps: {s.steps}",
+        *stopped,
+        f"steps: {s.steps}{planned}",
         f"final train/loss: {_fmt(s.final_loss)}{at_step}",
         f"mean reveal_ratio: first 10% {_fmt(s.reveal_ratio_first, 3)}, last 10% "
         f"{_fmt(s.reveal_ratio_last, 3)} ({s.window_steps} step{'s' * (s.window_steps != 1)} each)",
@@ -210,6 +232,8 @@ def save_figure(fig: Figure, path: Path, dpi: int = 110) -> Path:
 
 def _style(ax, xlabel: str, ylabel: str) -> None:
     ax.set(xlabel=xlabel, ylabel=ylabel)
+    if xlabel in ("step", "decision_step"):  # steps are whole numbers: no 2.5 tick on a short run
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
 
