@@ -7,7 +7,8 @@ timed and logged as `timing/<phase>_s`:
   decide   the reveal ratio α of every example from the exposure policy (rank 0 decides, every
            rank uses it): one α for the batch (ATESD) or one per example (per-difficulty,
            per-example policies); after sampling, because α only shapes the teacher's view of
-           the rollout, and per-example policies look at the rollout
+           the rollout, and per-example policies look at the rollout (exposure.feature=divergence:
+           each rollout's divergence at α = 1 first, one no-grad teacher and student forward)
   views    student = student prompt + ŷ; teacher = teacher prompt with ỹ*_α + the same ŷ
   probe    the controller's probe NLL and grounding score g_t on θ_t (learned exposure only), before
            the loss: under DeepSpeed the engine updates θ inside the last backward
