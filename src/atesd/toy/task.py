@@ -30,6 +30,10 @@ arithmetic ones. `check_steps` replays a completion against the tree and finds i
 step, so later analyses can split per-token quantities into before / at / after the first error
 and the answer line.
 
+This module is longer than 400 lines because the task is one idea: the tree, the problem and
+solution texts in both notations, and the checker that replays a completion against the tree all
+read and write the same representation, and each of them is short.
+
 Where this departs from anything published: the papers use real math data; this is our own synthetic
 task, with a seeded generator, a step checker and student-style wrong solutions for the warm start.
 """
