@@ -253,3 +253,13 @@ def test_version_and_print_config_answer_without_training(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "\nsteps: 3\n" in proc.stdout and "  name_or_path: toy:toy-1m\n" in proc.stdout
     assert "decisions_per_update:" in proc.stdout and not (tmp_path / "run").exists()
+
+
+def test_diagnose_credit_runs_end_to_end_with_the_automatic_chunk_size(tiny_model_dir, toy_problems, tmp_path):
+    data = tmp_path / "train.jsonl"
+    write_problems(data, toy_problems[:8])
+    proc = _atesd("diagnose", "credit", "--model", tiny_model_dir, "--data", data, "--n", 4, "--probe-size", 2,
+                  "--ratios", "0,1", "--out", tmp_path / "credit.json")
+    assert proc.returncode == 0, proc.stderr
+    table = json.loads((tmp_path / "credit.json").read_text())
+    assert table["ratios"] == [0.0, 1.0] and table["n_problems"] == 4

@@ -26,6 +26,7 @@ import torch
 
 from atesd.answers import score_batch
 from atesd.config import LossConfig
+from atesd.divergence_chunked import auto_chunk_size
 from atesd.exposure import ProbeCredit
 from atesd.models import load_pretrained
 from atesd.prompts import PromptConfig, student_prompt, teacher_view
@@ -207,8 +208,9 @@ def run_credit_diagnostic(model_dir: str, data: str, ratios: Sequence[float], n_
     probe = [problems[i] for i in order[:probe_size]]
     sample = [problems[i] for i in order[probe_size: probe_size + n_problems]]
     model, tokenizer = load_pretrained(model_dir, device="cpu")
-    table = credit_by_ratio(model, tokenizer, sample, probe, ratios, LossConfig(divergence=divergence), seed=seed,
-                            kind=kind, samples=samples)
+    vocab = model.get_output_embeddings().weight.shape[0]  # loss.chunk_size: null is automatic in training too
+    loss = LossConfig(divergence=divergence, chunk_size=auto_chunk_size(vocab))
+    table = credit_by_ratio(model, tokenizer, sample, probe, ratios, loss, seed=seed, kind=kind, samples=samples)
     result = {"model": model_dir, "data": data, "n_problems": len(sample), "probe_size": probe_size, "seed": seed,
               "divergence": divergence, "probe": kind, "samples": samples, **table.to_dict()}
     print(table.to_markdown())
