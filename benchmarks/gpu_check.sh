@@ -13,6 +13,10 @@
 #   bash benchmarks/gpu_check.sh --cpu --tiny --json r.json  # every section on CPU, tiny sizes (smoke test)
 #   bash benchmarks/gpu_check.sh --install ...               # instead: the Makefile's venv ($VENV), as before
 #
+# On a borrowed GPU machine without network, carry .gpu-wheels/ with the tree (it is ignored by git)
+# and run `bash benchmarks/gpu_check.sh --json "$OUT/gpu_check.json"` (under 8 minutes; let the
+# command's own limit be ~9 minutes); commit the JSON it returns (e.g. benchmarks/gpu_results/).
+#
 # The report (JSON) is rewritten after every section, so a check cut short still leaves what
 # finished. Without a CUDA device only the environment section runs (~30 s) and the script exits 0
 # unless that section finds a failure (an atesd module that does not import, a torch API missing).
