@@ -2,6 +2,8 @@
 
     # a toy world whose warm start differs from the default (JSON overrides of WarmStartConfig)
     python benchmarks/toy_search.py world --warm-start '{"student_max_level": null}' --out /tmp/w
+    # or whose task does (JSON overrides of TaskConfig): references in the terse notation
+    python benchmarks/toy_search.py world --task '{"reference_style": "terse"}' --out /tmp/w
     # a training run on it and the paired change of held-out sampled Average@8 it causes
     python benchmarks/toy_search.py distill --world /tmp/w --config configs/toy-opsd.yaml \
         loss.divergence=reverse_kl optim.lr=3e-5
@@ -33,9 +35,11 @@ from pathlib import Path
 def build_world(args) -> None:
     from atesd.toy.build import ToyWorldConfig, build_toy_world, copy_world
     from atesd.experiments.world_report import toy_world_report
+    from atesd.toy.task import TaskConfig
     from atesd.toy.warmstart import WarmStartConfig
 
     cfg = ToyWorldConfig(preset=args.preset, seed=args.seed, threads=args.threads,
+                         task=replace(TaskConfig(), **json.loads(args.task)),
                          warm_start=replace(WarmStartConfig(), **json.loads(args.warm_start)))
     started = time.time()
     world = build_toy_world(cfg, progress=False)
@@ -195,6 +199,7 @@ def main() -> None:
     w.add_argument("--preset", default="toy-1m")
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--warm-start", default="{}", help="JSON object of WarmStartConfig overrides")
+    w.add_argument("--task", default="{}", help='JSON object of TaskConfig overrides, e.g. {"reference_style": "terse"}')
     w.add_argument("--out", default=None, help="copy the world here (default: stay in the cache)")
     w.add_argument("--n", type=int, default=500, help="test problems for the tables (the toy protocol: 500)")
     w.add_argument("--k", type=int, default=8, help="samples per problem for the student table (the toy protocol: 8)")
