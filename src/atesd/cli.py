@@ -193,7 +193,8 @@ def _add_mismatch(sub) -> None:
     p.add_argument("--data", required=True, help="problem file, hub dataset or toy split (toy:val)")
     p.add_argument("--split", default=None, help="hub dataset split (default: none)")
     p.add_argument("--out", default="mismatch", help="output folder (default mismatch)")
-    p.add_argument("--ratios", default="0,0.25,0.5,0.75,1", help="comma-separated reveal ratios (default 0,0.25,0.5,0.75,1)")
+    p.add_argument("--ratios", default="0,0.25,0.5,0.75,1",
+                   help="comma-separated reveal ratios (default 0,0.25,0.5,0.75,1)")
     p.add_argument("--n", type=int, default=None, help="the first N problems (default: all)")
     p.add_argument("--samples", type=int, default=1, help="student rollouts per problem (default 1)")
     p.add_argument("--max-new-tokens", type=int, default=512, help="rollout length limit (default 512)")
@@ -268,7 +269,8 @@ def _add_diagnose(sub) -> None:
     c = what.add_parser("credit", help="first-order probe credit of every ratio on one model, same rollouts")
     c.add_argument("--model", required=True, help="model directory, hub id or toy world (toy:toy-1m)")
     c.add_argument("--data", required=True, help="training problems (probe and sample drawn from them), e.g. toy:train")
-    c.add_argument("--ratios", default="0,0.25,0.5,0.75,1", help="comma-separated reveal ratios (default 0,0.25,0.5,0.75,1)")
+    c.add_argument("--ratios", default="0,0.25,0.5,0.75,1",
+                   help="comma-separated reveal ratios (default 0,0.25,0.5,0.75,1)")
     c.add_argument("--n", type=int, default=256, help="problems sampled, one rollout each (default 256)")
     c.add_argument("--probe-size", type=int, default=16, help="held-out probe problems (default 16)")
     c.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
@@ -276,7 +278,8 @@ def _add_diagnose(sub) -> None:
     c.add_argument("--probe", default="reference", choices=["reference", "accuracy"],
                    help="the probe objective whose descent direction scores the ratios (default reference)")
     c.add_argument("--samples", type=int, default=4, help="--probe accuracy: samples per probe problem (default 4)")
-    c.add_argument("--bench", default=None, help="a bench folder: compare with its fixed-ratio test accuracy (default: none)")
+    c.add_argument("--bench", default=None,
+                   help="a bench folder: compare with its fixed-ratio test accuracy (default: none)")
     c.add_argument("--out", default=None, help="write the table as JSON here (default: print only)")
 
 

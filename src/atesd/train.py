@@ -79,7 +79,8 @@ class TrainResult:
         return "\n".join([
             f"trained {self.steps_run} step(s) in {self.seconds:.1f} s (run at step {self.steps}); final loss {loss}",
             f"run directory: {out} (config.yaml, metrics.jsonl, exposure.jsonl, checkpoints/)",
-            f"trained model: {out / 'final'}" + (f"; best by validation: {out / 'best'}" if (out / "best").is_dir() else ""),
+            f"trained model: {out / 'final'}"
+            + (f"; best by validation: {out / 'best'}" if (out / "best").is_dir() else ""),
             f"next: atesd report {out}",
             f"      atesd eval --model {out / 'final'} --data <problems file>",
         ])
