@@ -2,8 +2,9 @@
 
 The oracle check of per-difficulty exposure (`ByDifficultyExposure`) needs a difficulty label that
 real training sets do not have. This policy assigns α from what any run knows about an example when
-it picks α (the method notes' section 7, "Limits the paper admits"), so that a fixed assignment can
-show which of these signals carries the by-difficulty oracle's gain:
+it picks α (the ATESD paper names exposure per example as future work; docs/algorithm.md, section
+4), so that a fixed assignment can show which of these signals carries the by-difficulty oracle's
+gain:
 
     correct      1 if the student's own rollout reached the reference answer, else 0
     pass_rate    the fraction of right rollouts among the problem's rollouts so far: those of its

@@ -9,7 +9,7 @@ Departures from the paper:
      baselines of its ablations (fixed α, uniformly random α) plus a linear curriculum of ours;
      "by_difficulty" (a fixed α per difficulty level) is the oracle check of per-difficulty exposure,
      "by_feature" the same check over a label-free feature every run has when it picks α.
-  2. Every number marked "our choice" in the method notes is a field here (H, L, γ, λ_gt, B, ...).
+  2. Every number that is our choice where the paper is silent is a field here (H, L, γ, λ_gt, B, ...).
   3. Defaults that make the controller able to learn within one run (docs/algorithm.md, "The
      controller's defaults"): the progress signal is the held-out probe NLL (α-independent), the
      lookahead equals the hold window (no credit from the next decision's window), G_gt is
