@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from atesd.cli import main
 from atesd.data import Problem, write_problems
-from atesd.experiments.world_build import REPORT_FILE, WORLD_NOT_USABLE, CommandPlan, Phase, request_key
+from atesd.experiments.world_build import (REPORT_FILE, WORLD_NOT_USABLE, CommandPlan, Phase, request_key,
+                                           suggestions)
+from atesd.experiments.world_verdict import world_verdict
 from atesd.toy.build import ToyWorldConfig, cache_root, cached_world
 
 
@@ -60,3 +63,22 @@ def test_the_plan_counts_the_time_already_spent_measuring():
     text = plan.describe()
     assert "whole command: about 2.1 min" in text and "in 6 s" in text
     assert plan.to_dict()["total_seconds"] == 126.0
+
+
+def test_a_world_not_usable_gets_more_minutes_a_larger_preset_and_easier_levels_with_their_times(tmp_path):
+    data = tmp_path / "sums.jsonl"
+    write_problems(data, _sums(30))
+    cfg = ToyWorldConfig(preset="toy-1m", data=str(data))
+    cfg = replace(cfg, warm_start=replace(cfg.warm_start, steps=316))
+    plan = CommandPlan((Phase("warm start", 316 * 3.0, "316 steps"), Phase("supervised control", 240.0, "300 steps")),
+                       spent=60.0, warm_start_step=3.0)  # 1 + 15.8 + 4 = 20.8 min
+    table = {"student": {"average_at_k": 0.006, "per_difficulty": {
+        str(level): {"average_at_k": value, "n": 40} for level, value in zip(range(1, 6), (0.029, 0, 0, 0, 0))}},
+        "teacher": [{"reveal_ratio": 0.0, "accuracy": 0.05}, {"reveal_ratio": 1.0, "accuracy": 0.065}], "headroom": None}
+    lines = suggestions(cfg, world_verdict(table), plan, minutes=15)  # toy-5m: 1 + 4.67 × 19.8 min
+    assert lines[0] == (f"more minutes: atesd toy build --data {data} --minutes 37 (about 37 min: 632 warm-start "
+                        "steps instead of 316)")  # 20.8 min + 316 × 3 s
+    assert lines[1].startswith(f"a larger preset: atesd toy build --data {data} --preset toy-5m --minutes 94 "
+                               "(about 94 min: the same 316 steps at ~4.7× the seconds each")
+    assert lines[2] == (f"easier levels only: atesd toy build --data {data} --max-level 1 --minutes 15 (about 15 min; "
+                        "the student solves under 1% above level 1)")

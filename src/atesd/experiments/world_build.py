@@ -189,8 +189,10 @@ def suggestions(cfg: ToyWorldConfig, verdict: WorldVerdict, plan: CommandPlan, m
     solved = [int(level) for level in verdict.levels if level.isdigit() and level not in verdict.levels_at_zero]
     easier = max(solved, default=numbered[0] if numbered else None)
     if easier is not None and easier < numbered[-1]:
+        why = (f"the student solves under {100 * STUDENT_FLOOR:.0f}% above level {easier}" if solved else
+               f"the student solves under {100 * STUDENT_FLOOR:.0f}% on every level; level {easier} is the smallest task")
         lines.append(f"easier levels only: {base} --max-level {easier} --minutes {minutes:g} (about {minutes:g} min; "
-                     f"the student solves under {100 * STUDENT_FLOOR:.0f}% on levels {', '.join(verdict.levels_at_zero)})")
+                     f"{why})")
     if 2 * len(verdict.levels_at_ceiling) > len(verdict.levels):
         lines.append(f"harder problems: the student is above {100 * STUDENT_CEILING:.0f}% on most levels")
     return lines
