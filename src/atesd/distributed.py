@@ -27,8 +27,9 @@
    - `gathered_module(model, module)`, `gathered(tensors)`, `full_tensor(t)`: no-grad whole
      values, one module (FSDP2: one unit) at a time, for the weight sync to vLLM, saving
      (`atesd.weights`) and the EMA teacher. Every process must take part: these are collectives.
-   - `unsharded_for_generation(model)`: FSDP2 generation with every unit gathered once per call
-     (not once per decoded token), also through peft's `generate`, which bypasses the root.
+   - `unsharded_for_generation(model)`: generation with the parameters gathered once per call, not
+     once per layer and decoded token: FSDP2 units unsharded (also through peft's `generate`, which
+     bypasses the root), or ZeRO-3 parameters gathered with DeepSpeed's module hooks off.
 3. `is_sharded(model)`: FSDP2 or ZeRO-3 (the lean decoder and a teacher copy made by
    `copy.deepcopy` need whole tensors; generation must keep ranks in step).
 
@@ -194,19 +195,25 @@ def _reshards_after_forward(unit) -> bool:
 
 @contextlib.contextmanager
 def unsharded_for_generation(model, pad_id: int = 0):
-    """FSDP2: every unit's parameters gathered once for the block, a whole generation call (a no-op
-    otherwise). Without it each decoded token's forward all-gathers every unit again and frees it
-    after (FSDP2's reshard_after_forward): ~units × tokens all-gathers per call instead of ~units.
-    Each unit is unsharded up front with `reshard_after_forward` off (FSDP2's
-    `set_reshard_after_forward(False)`, as TRL does for generation), then resharded and given its
-    setting back; the memory held meanwhile is the whole model's, as under DDP.
+    """Every parameter gathered once for the block, a whole generation call, under FSDP2 or
+    DeepSpeed ZeRO-3 (a no-op otherwise). Without it each decoded token's forward gathers every
+    layer again and frees it after: ~layers × tokens all-gathers per call instead of ~layers
+    (FSDP2) or one gather of the whole model (ZeRO-3). The memory held meanwhile is the whole
+    model's, as under DDP.
 
-    A peft model's `generate` runs the inner model's forward, which never passes the sharded root's
-    hooks: FSDP2 would initialise from the first unit that runs (and refuses a grouped one,
-    accelerate's tied embedding and head). So the root runs one forward of a single token first
-    (once per model). ZeRO-3 is not covered: its hooks gather each layer per forward (DeepSpeed's
-    prefetch and persistence thresholds bound the cost); TRL's single gather needs the DeepSpeed
-    engine's internal hooks removed for the block."""
+    FSDP2: each unit is unsharded up front with `reshard_after_forward` off (FSDP2's
+    `set_reshard_after_forward(False)`, as TRL does for generation), then resharded and given its
+    setting back. A peft model's `generate` runs the inner model's forward, which never passes the
+    sharded root's hooks: FSDP2 would initialise from the first unit that runs (and refuses a
+    grouped one, accelerate's tied embedding and head). So the root runs one forward of a single
+    token first (once per model).
+
+    ZeRO-3: `_zero3_gathered_for_generation`."""
+    parameter = next(model.parameters(), None)
+    if parameter is not None and _is_zero3(parameter):
+        with _zero3_gathered_for_generation(model):
+            yield
+        return
     fsdp = _fsdp_module_type()
     units = [m for m in model.modules() if isinstance(m, fsdp)] if fsdp is not None else []
     if not units:
@@ -227,6 +234,59 @@ def unsharded_for_generation(model, pad_id: int = 0):
         for unit, reshard_after_forward in settings:
             unit.reshard()
             unit.set_reshard_after_forward(reshard_after_forward, recurse=False)
+
+
+def _zero3_offload(model):
+    """The `DeepSpeedZeRoOffload` whose module hooks gather `model`'s ZeRO-3 parameters (the
+    engine's `optimizer.parameter_offload`, or the engine's `optimizer` itself without a training
+    optimizer), found from `model`'s own forward pre-hooks: DeepSpeed registers closures over it
+    (through its nvtx and `torch.compiler.disable` wrappers). None when `model` has no such hook
+    (ZeRO-3 parameters made by `deepspeed.zero.Init` outside an engine)."""
+    from deepspeed.runtime.zero.parameter_offload import DeepSpeedZeRoOffload
+
+    pending, seen = list(model._forward_pre_hooks.values()), set()
+    while pending:
+        item = pending.pop()
+        if isinstance(item, DeepSpeedZeRoOffload):
+            return item
+        if not callable(item) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        for cell in getattr(item, "__closure__", None) or ():
+            try:
+                pending.append(cell.cell_contents)
+            except ValueError:  # an empty cell
+                continue
+    return None
+
+
+@contextlib.contextmanager
+def _zero3_gathered_for_generation(model):
+    """ZeRO-3: the whole model's parameters gathered once (`deepspeed.zero.GatheredParameters`,
+    read-only) and DeepSpeed's per-module hooks taken off for the block, as DeepSpeed's own
+    `deepspeed.runtime.zero.unwrap_model_for_generation` and TRL's `unwrap_model_for_generation`
+    do: with the hooks on, each module's forward would gather its parameters and its end would
+    free them again, inside the gathered block too. The hooks are those the offload object keeps
+    (`forward_hooks`, `backward_hooks`: removed) and registers again with
+    `_register_deepspeed_module` under the modules' own ids (numbered from the root's `ds_id`, so
+    parameter bookkeeping keyed by module id stays valid; tested with DeepSpeed 0.19); restored before the
+    parameters are partitioned again, also when generation raises. The offload's start-of-forward
+    hook (a step reset of its prefetch trace) stays."""
+    offload = _zero3_offload(model)
+    root = offload.module if offload is not None else model
+    with gathered(list(root.parameters())):
+        if offload is None:
+            yield
+            return
+        hooks = offload.forward_hooks + offload.backward_hooks
+        for hook in hooks:
+            hook.remove()
+        offload.forward_hooks, offload.backward_hooks = [], []
+        try:
+            yield
+        finally:
+            register = getattr(offload, "_register_deepspeed_module", None) or offload._register_hooks_recursively
+            register(root, count=[getattr(root, "ds_id", 0)])  # (the name before DeepSpeed 0.16.4)
 
 
 def architecture_name(model) -> str:

@@ -25,10 +25,11 @@ Where we depart from a bare `model.generate` call:
    (ranks keep stepping until all have stopped; transformers turns it on by itself for ZeRO-3 but
    not for accelerate's FSDP2), under `no_grad` rather than `inference_mode` (FSDP's unsharded
    parameters are reused by the training forward), never through the lean decoder (it reads the
-   weights directly), and under FSDP2 with every unit gathered once for the whole call
-   (`atesd.distributed.unsharded_for_generation`: one all-gather per unit, not one per unit and
-   decoded token; it also initialises the root, which peft's generate bypasses). Under ZeRO-3
-   DeepSpeed's hooks still gather each layer per forward.
+   weights directly), and with its parameters gathered once for the whole call
+   (`atesd.distributed.unsharded_for_generation`): under FSDP2 one all-gather per unit, not one per
+   unit and decoded token (it also initialises the root, which peft's generate bypasses); under
+   ZeRO-3 the whole model gathered once with DeepSpeed's per-module hooks off for the call, not
+   every layer again at every decoded token.
 """
 
 from __future__ import annotations
