@@ -169,7 +169,7 @@ def test_terse_references_are_the_same_problems_with_two_operations_per_step_whe
     assert [(p.problem, p.answer, p.difficulty) for p in steps] == [(p.problem, p.answer, p.difficulty) for p in terse]
     for verbose, short in zip(steps, terse):
         # written back as single operations, a terse reference is the one-operation reference in its order
-        assert task.expand_terse(short.solution) == verbose.solution
+        assert task.single_step_solution(short.solution) == verbose.solution
         assert task.solution_order(short.problem, short.solution) == task.solution_order(verbose.problem, verbose.solution)
         n_steps, n_terse = len(split_steps(verbose.solution)[0]), len(split_steps(short.solution)[0])
         assert (n_steps + 1) // 2 <= n_terse <= n_steps
@@ -189,3 +189,16 @@ def test_a_terse_step_skips_the_inner_result_and_its_values_are_true():
 def test_an_unknown_reference_style_is_refused():
     with pytest.raises(ValueError, match="reference_style"):
         task.TaskConfig(reference_style="prose")
+
+
+def test_top_down_references_state_the_goal_first_and_hold_every_value():
+    steps = task.toy_problems(200, seed=2)
+    top_down = task.toy_problems(200, seed=2, cfg=task.TaskConfig(reference_style="top_down"))
+    for verbose, goal_first in zip(steps, top_down):
+        assert (verbose.problem, verbose.answer) == (goal_first.problem, goal_first.answer)
+        assert task.single_step_solution(goal_first.solution) == verbose.solution
+        first = split_steps(goal_first.solution)[0][0]
+        assert first.startswith(f"{verbose.answer}=")  # the root's value opens the solution
+    root = task.parse_problem("Evaluate ((20*3)-(5+4))+7.")
+    assert task.top_down_solution_text(root, ["LR", "LL", "L", ""]) == (
+        "58=51+7\n\n51=60-9\n\n60=20*3\n\n9=5+4\n\nThe answer is \\boxed{58}.")

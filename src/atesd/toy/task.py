@@ -19,11 +19,13 @@ valid order, steps separated by blank lines, then a final sentence with the boxe
     The answer is \\boxed{58}.
 
 Any order that reduces every operation after its operands is correct (a tree of 5 operations has up
-to 8), so a rollout can be right and still differ from the reference. With `TaskConfig.reference_style =
-"terse"` the reference is written in a stronger solver's notation instead: a step reduces an
-operation together with the operation it consumes, whose result is not written (`(20*3)-9=51`), so
-a level-k reference has about k/2 steps in a notation the student's own solutions never use; the
-student still solves one operation per step (`expand_terse` turns a terse reference back into them). The difficulty level sets the
+to 8), so a rollout can be right and still differ from the reference. `TaskConfig.reference_style`
+can write the reference in a notation the student's own solutions never use, as a stronger solver
+would: "terse" reduces an operation together with the operation it consumes, whose result is not
+written (`(20*3)-9=51`: about k/2 steps at level k); "top_down" states the goal first and works
+down to the numbers, every value written (`58=51+7`, then `51=60-9`, ...: the one-operation steps
+in reverse, each result first). The student still solves one operation per step, bottom up
+(`single_step_solution` turns either reference back into such steps). The difficulty level sets the
 number of operations. A step names only values, so the solver tracks which parts are already
 reduced: the errors small models make are mostly such state-tracking errors (wrong operands), a few
 arithmetic ones. `check_steps` replays a completion against the tree and finds its first wrong
@@ -48,7 +50,7 @@ from typing import Iterator, Sequence
 from atesd.data import Problem
 
 OPERATORS = ("+", "-", "*")
-REFERENCE_STYLES = ("steps", "terse")
+REFERENCE_STYLES = ("steps", "terse", "top_down")
 SOURCE = "atesd-toy"
 
 
@@ -73,7 +75,8 @@ class TaskConfig:
     max_value: every intermediate value stays in [0, max_value].
     reference_style: "steps" (one operation per reference step, the student's own notation) or
         "terse" (a stronger solver's: two nested operations per step where the order allows it,
-        the inner result skipped; `terse_solution_text`).
+        the inner result skipped; `terse_solution_text`) or "top_down" (goal first: the steps in
+        reverse, each written `result=left op right`; `top_down_solution_text`).
     """
 
     ops_per_level: tuple[int, ...] = (1, 2, 3, 4, 5)
@@ -268,10 +271,23 @@ def terse_solution_text(root: Node, order: Sequence[Path]) -> str:
     return "\n\n".join(lines + [answer_sentence(written[""])])
 
 
-def expand_terse(solution: str) -> str:
-    """A solution with every terse step (`(20*3)-9=51`) written as its single operations in order
-    (`20*3=60`, `60-9=51`); one-operation steps and the answer line are kept as they are."""
+def top_down_solution_text(root: Node, order: Sequence[Path]) -> str:
+    """The solution reducing the operations in `order`, written goal first: its steps in reverse,
+    each as `result=left op right` (`58=51+7`, `51=60-9`, `9=5+4`, `60=20*3`), then the answer."""
+    steps = solution_text(root, order).split("\n\n")
+    lines = [f"{m[4]}={m[1]}{m[2]}{m[3]}" for m in map(_STEP.match, reversed(steps[:-1]))]
+    return "\n\n".join(lines + steps[-1:])
+
+
+def single_step_solution(solution: str) -> str:
+    """A reference in any style written as single operations, bottom up: every terse step
+    (`(20*3)-9=51`) as its operations in order (`20*3=60`, `60-9=51`), top-down steps (`58=51+7`)
+    reversed and written result last (`51+7=58`); one-operation steps and the answer line as they are."""
     paragraphs = solution.split("\n\n")
+    top_down = [m for m in map(_TOP_DOWN_STEP.match, paragraphs) if m]
+    if top_down:
+        rest = [p for p in paragraphs if not _TOP_DOWN_STEP.match(p)]
+        return "\n\n".join([f"{m[2]}{m[3]}{m[4]}={m[1]}" for m in reversed(top_down)] + rest)
     out = []
     for paragraph in paragraphs:
         left, _, _ = paragraph.partition("=")
@@ -307,6 +323,9 @@ def corrupted_solution(root: Node, order: Sequence[Path], rng: random.Random) ->
             return text, wrong
 
 
+WRITERS = {"steps": solution_text, "terse": terse_solution_text, "top_down": top_down_solution_text}
+
+
 def toy_problems(n: int, seed: int, cfg: TaskConfig = TaskConfig(), split: str = "train",
                  levels: Sequence[int] | None = None) -> list[Problem]:
     """n problems with equal shares of each level (cycling), deterministic for (seed, split)."""
@@ -319,8 +338,7 @@ def toy_problems(n: int, seed: int, cfg: TaskConfig = TaskConfig(), split: str =
         problems.append(Problem(
             id=f"toy-{split}-{i:06d}",
             problem=problem_text(root),
-            solution=(terse_solution_text if cfg.reference_style == "terse" else solution_text)(
-                root, random_order(root, rng)),
+            solution=WRITERS[cfg.reference_style](root, random_order(root, rng)),
             answer=str(value_of(root)),
             difficulty=level,
             source=SOURCE,
@@ -334,6 +352,7 @@ def toy_problems(n: int, seed: int, cfg: TaskConfig = TaskConfig(), split: str =
 _PROBLEM = re.compile(r"^Evaluate (.+)\.$")
 _TOKEN = re.compile(r"\d+|[-+*()]")
 _STEP = re.compile(r"^(\d+)([-+*])(\d+)=(-?\d+)$")
+_TOP_DOWN_STEP = re.compile(r"^(-?\d+)=(\d+)([-+*])(\d+)$")
 _BOXED = re.compile(r"\\boxed\{(-?\d+)\}")
 
 
@@ -470,7 +489,7 @@ def check_steps(problem: str, completion: str) -> StepCheck:
 
 def solution_order(problem: str, solution: str) -> list[Path]:
     """The order in which a correct solution (in either reference style) reduces the operations."""
-    check = check_steps(problem, expand_terse(solution))
+    check = check_steps(problem, single_step_solution(solution))
     if check.first_error is not None:
         raise ValueError(f"not a correct solution: {check.error_kind} at step {check.first_error}")
     return list(check.order)
