@@ -74,7 +74,8 @@ def test_a_world_not_usable_gets_more_minutes_a_larger_preset_and_easier_levels_
                        spent=60.0, warm_start_step=3.0)  # 1 + 15.8 + 4 = 20.8 min
     table = {"student": {"average_at_k": 0.006, "per_difficulty": {
         str(level): {"average_at_k": value, "n": 40} for level, value in zip(range(1, 6), (0.029, 0, 0, 0, 0))}},
-        "teacher": [{"reveal_ratio": 0.0, "accuracy": 0.05}, {"reveal_ratio": 1.0, "accuracy": 0.065}], "headroom": None}
+        "teacher": [{"reveal_ratio": 0.0, "accuracy": 0.05}, {"reveal_ratio": 1.0, "accuracy": 0.065}],
+        "headroom": None}
     lines = suggestions(cfg, world_verdict(table), plan, minutes=15)  # toy-5m: 1 + 4.67 × 19.8 min
     assert lines[0] == (f"more minutes: atesd toy build --data {data} --minutes 37 (about 37 min: 632 warm-start "
                         "steps instead of 316)")  # 20.8 min + 316 × 3 s

@@ -102,14 +102,16 @@ def report_phases(model, tokenizer, prompt_cfg, train, test) -> list[Phase]:
                + score * k * len(problems))
     teacher = sum(decode.generation_seconds(teacher_prompts[r], lengths, batch, protocol.max_new_tokens)
                   for r in REVEAL_RATIOS) + score * len(REVEAL_RATIOS) * len(problems)
-    return [Phase("student", student, f"{len(problems)} problems × {k} samples, ≤ {protocol.max_new_tokens} new tokens"),
+    limit = protocol.max_new_tokens
+    return [Phase("student", student, f"{len(problems)} problems × {k} samples, ≤ {limit} new tokens"),
             Phase("teacher, α = 0 … 1", teacher, f"{len(problems)} problems × {len(REVEAL_RATIOS)} ratios, greedy"),
             Phase("supervised control", HEADROOM_STEPS * control_step,
                   f"{HEADROOM_STEPS} steps of {control.batch_size} × {control_step:.2f} s"),
             Phase("student after control", student, "as student")]
 
 
-def plan_build(cfg: ToyWorldConfig, minutes: float | None, report: bool, started: float) -> tuple[ToyWorldConfig, CommandPlan]:
+def plan_build(cfg: ToyWorldConfig, minutes: float | None, report: bool,
+               started: float) -> tuple[ToyWorldConfig, CommandPlan]:
     """(cfg, its plan): with `cfg.data`, vocabulary and warm-start steps sized so that the whole command
     takes `minutes` from `started` (time.monotonic()); for the toy task, the plan of cfg as it is."""
     began = time.monotonic()
@@ -117,8 +119,9 @@ def plan_build(cfg: ToyWorldConfig, minutes: float | None, report: bool, started
     if cfg.data is not None:
         tokenizer, vocab, _ = data_tokenizer(cfg, splits["train"])
     else:
-        tokenizer, vocab = train_tokenizer(tokenizer_corpus(splits["train"], cfg.prompts), cfg.vocab_size), cfg.vocab_size
-    prepare = Phase("prepare", time.monotonic() - began, "splits and tokenizer (measured: this plan made them)")
+        vocab = cfg.vocab_size
+        tokenizer = train_tokenizer(tokenizer_corpus(splits["train"], cfg.prompts), vocab)
+    prepare = Phase("prepare", time.monotonic() - began, "splits and tokenizer again (as long as the plan's took)")
     model = build_model(cfg.preset, tokenizer, seed=cfg.seed)
     warm_step = supervised_step_seconds(model, tokenizer, example_stream(splits["train"], tokenizer, cfg.prompts,
                                                                          cfg.warm_start, cfg.seed),
@@ -190,7 +193,8 @@ def suggestions(cfg: ToyWorldConfig, verdict: WorldVerdict, plan: CommandPlan, m
     easier = max(solved, default=numbered[0] if numbered else None)
     if easier is not None and easier < numbered[-1]:
         why = (f"the student solves under {100 * STUDENT_FLOOR:.0f}% above level {easier}" if solved else
-               f"the student solves under {100 * STUDENT_FLOOR:.0f}% on every level; level {easier} is the smallest task")
+               f"the student solves under {100 * STUDENT_FLOOR:.0f}% on every level; level {easier} is the "
+               "smallest task")
         lines.append(f"easier levels only: {base} --max-level {easier} --minutes {minutes:g} (about {minutes:g} min; "
                      f"{why})")
     if 2 * len(verdict.levels_at_ceiling) > len(verdict.levels):
@@ -218,7 +222,8 @@ def run_toy_build(preset: str = "toy-1m", out: str | None = None, data: str | No
         plan = plan_report(world, started) if report else CommandPlan((), time.monotonic() - started)
     print(plan.describe(), flush=True)
     if world is None:
-        world = build_toy_world(cfg, force=rebuild, progress=progress, facts={"request": request, "plan": plan.to_dict()})
+        world = build_toy_world(cfg, force=rebuild, progress=progress,
+                                facts={"request": request, "plan": plan.to_dict()})
     if out is not None:
         world = copy_world(world, out)
     print(f"toy world: {world}")
@@ -237,7 +242,8 @@ def run_toy_build(preset: str = "toy-1m", out: str | None = None, data: str | No
         for line in suggestions(cfg, verdict, plan, minutes):
             print(f"  - {line}")
     elapsed = time.monotonic() - started
-    print(f"took {elapsed / 60:.1f} min; the plan said {plan.total / 60:.1f} min (wall / plan = {elapsed / plan.total:.2f})")
+    print(f"took {elapsed / 60:.1f} min; the plan said {plan.total / 60:.1f} min "
+          f"(wall / plan = {elapsed / plan.total:.2f})")
     if out is not None:
         atomic.write_json(Path(world) / REPORT_FILE,
                           {**tables.to_dict(), "world_key": json.loads((Path(world) / WORLD_FILE).read_text())["key"],

@@ -109,9 +109,10 @@ def world_verdict(report) -> WorldVerdict:
     headroom = table.get("headroom")
     if headroom:
         over = headroom["change"] > 2 * headroom["standard_error"]
+        change, se = 100 * headroom["change"], 100 * headroom["standard_error"]
         checks.append(Check("supervision moves the student", over,
-                            f"{headroom['steps']} supervised steps move the student by {100 * headroom['change']:+.1f}"
-                            f" ± {100 * headroom['standard_error']:.1f} points ({'over' if over else 'not over'} 2 SE)"))
+                            f"{headroom['steps']} supervised steps move the student by {change:+.1f} ± {se:.1f} "
+                            f"points ({'over' if over else 'not over'} 2 SE)"))
     return WorldVerdict(tuple(checks), tuple(per_level), in_range, at_zero, at_ceiling)
 
 
