@@ -166,6 +166,7 @@ def test_zero3_lora_with_chunked_loss_probe_and_grounding_ends_with_the_ddp_weig
     # model zero3_init_flag loaded partitioned; atesd.teacher refuses it)
     zero3 = launch(config, tmp_path / "zero3", "zero3", LORA)
     assert zero3["kind"] == "zero3" and zero3["sharded"]
+    assert zero3["zero3_offload_found"]  # HF rollouts gathered the model once per call (tests/rollout/test_hf_sharded.py)
     assert zero3["ratios"] == ddp_lora["ratios"]
     assert_same_metrics(zero3, ddp_lora)  # the probe on θ_t, before DeepSpeed's step in the backward
     assert_same_weights(zero3, ddp_lora, atol=1e-6)

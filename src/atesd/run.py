@@ -154,8 +154,10 @@ class TrainingRun:
         out = Path(cfg.output_dir)
         check_output_dir(out, resume, overwrite)  # before anything is written: two runs never mix
         accelerator = make_accelerator(cfg, str(out))
+        # every process has checked the folder before process 0 writes into it (or moves it aside):
+        # a process that starts late would otherwise find process 0's files and refuse a new run
+        accelerator.wait_for_everyone()
         if overwrite:
-            accelerator.wait_for_everyone()  # every process has checked the folder before it moves
             if accelerator.is_main_process:
                 move_aside(out)
             accelerator.wait_for_everyone()

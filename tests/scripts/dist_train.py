@@ -79,5 +79,9 @@ record = {"ratios": result.reveal_ratios, "num_processes": result.num_processes,
 if not sharded:  # (the process group is gone after train: sharded weights are compared in final/)
     record["weights"] = {name: float(p.double().sum()) for name, p in result.model.named_parameters()}
     record["digest"] = float(sum(p.double().pow(2).sum() for p in result.model.parameters()))
+if kind == "zero3":  # the module hooks unsharded_for_generation takes off for each generation call
+    from atesd.distributed import _zero3_offload
+
+    record["zero3_offload_found"] = _zero3_offload(result.model) is not None
 with open(f"{out}/rank{rank}.json", "w") as fh:
     json.dump(record, fh)
