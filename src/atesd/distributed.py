@@ -263,23 +263,23 @@ def _zero3_offload(model):
 @contextlib.contextmanager
 def _zero3_gathered_for_generation(model):
     """ZeRO-3: the whole model's parameters gathered once (`deepspeed.zero.GatheredParameters`,
-    read-only) and DeepSpeed's per-module hooks taken off for the block, as DeepSpeed's own
-    `deepspeed.runtime.zero.unwrap_model_for_generation` and TRL's `unwrap_model_for_generation`
-    do: with the hooks on, each module's forward would gather its parameters and its end would
-    free them again, inside the gathered block too. The hooks are those the offload object keeps
-    (`forward_hooks`, `backward_hooks`: removed) and registers again with
-    `_register_deepspeed_module` under the modules' own ids (numbered from the root's `ds_id`, so
-    parameter bookkeeping keyed by module id stays valid; tested with DeepSpeed 0.19); restored before the
-    parameters are partitioned again, also when generation raises. The offload's start-of-forward
-    hook (a step reset of its prefetch trace) stays."""
+    read-only) and DeepSpeed's per-module hooks taken off for the block, as TRL's
+    `unwrap_model_for_generation` and DeepSpeed's own `deepspeed.runtime.zero.
+    unwrap_model_for_generation` do (the latter takes the engine, which the rollout backend does
+    not hold, and gives nothing back when generation raises): with the hooks on, each module's
+    forward would gather its parameters and its end would free them again, inside the gathered
+    block too. The hooks are those the offload object keeps (`forward_hooks`, `backward_hooks`:
+    removed), registered again with its `_register_deepspeed_module` under the modules' own ids
+    (numbered from the root's `ds_id`, so bookkeeping keyed by module id stays valid; tested with
+    DeepSpeed 0.19) before the parameters are partitioned again, also when generation raises. The
+    offload's start-of-forward hook (a step reset of its prefetch trace) stays."""
     offload = _zero3_offload(model)
     root = offload.module if offload is not None else model
     with gathered(list(root.parameters())):
         if offload is None:
             yield
             return
-        hooks = offload.forward_hooks + offload.backward_hooks
-        for hook in hooks:
+        for hook in offload.forward_hooks + offload.backward_hooks:
             hook.remove()
         offload.forward_hooks, offload.backward_hooks = [], []
         try:
