@@ -30,6 +30,7 @@ COMMANDS = {
     "toy2000-3min": ["--data", "{toy}", "--minutes", "3", "--threads", "1"],
     "horner5-test-5min": ["--data", "{horner}", "--preset", "toy-test", "--minutes", "5", "--threads", "1"],
     "toy2000-15min": ["--data", "{toy}", "--minutes", "15", "--threads", "1"],
+    "horner5-15min": ["--data", "{horner}", "--minutes", "15", "--threads", "1"],
 }
 
 
