@@ -43,5 +43,19 @@ def test_an_unknown_split_or_preset_names_the_setting_and_the_choices():
     with pytest.raises(ValueError, match=r"data.val='toy:valid'.*choose one of .*toy:test, toy:test-large, toy:train, toy:val"):
         resolve_toy_paths(load_config(None, ["model.name_or_path=toy:toy-1m", "data.train=toy:train",
                                              "data.val=toy:valid"]))
-    with pytest.raises(ValueError, match=r"model 'toy:test': unknown toy preset 'test'.*toy:toy-1m"):
+    with pytest.raises(ValueError, match=r"model 'toy:test': unknown toy world 'test'.*toy:toy-1m, toy:toy-1m-top-down"):
         resolve_model_and_data("toy:test", "toy:test")
+
+
+def test_a_named_world_is_the_shipped_world_its_configuration_builds():
+    from atesd.data import load_problems
+    from atesd.toy import task
+    from atesd.toy.build import SHIPPED_DIR, named_worlds, shipped_world
+
+    config = named_worlds()["toy-1m-top-down"]
+    assert shipped_world(config.cache_key()) == SHIPPED_DIR / "toy-1m-top-down"  # the hash test
+    model, data = resolve_model_and_data("toy:toy-1m-top-down", "toy:test")
+    assert Path(model) == SHIPPED_DIR / "toy-1m-top-down" and Path(data).parent == Path(model) / "data"
+    problem = next(p for p in load_problems(data) if p.difficulty == 3)
+    assert problem.solution.startswith(f"{problem.answer}=")  # goal-first references
+    assert task.solution_order(problem.problem, problem.solution)  # written back as single steps, they are right

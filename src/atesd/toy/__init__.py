@@ -8,7 +8,8 @@ to end on a CPU in minutes, through the same code paths as a real checkpoint.
 - `model`: byte-level BPE tokenizer with a Qwen3-style chat template, `Qwen3ForCausalLM` presets.
 - `warmstart`: the supervised student/teacher mix that makes the base model.
 - `build`: `build_toy_world(cfg) -> Path`, cached and atomic; `ToyWorldConfig`; the default world
-  ships with the package (`worlds/toy-1m/`).
+  ships with the package (`worlds/toy-1m/`), and so does a second one with goal-first references
+  (`worlds/toy-1m-top-down/`, `toy:toy-1m-top-down`; `named_worlds`).
 - `paths`: `toy:` names in a config (`toy:toy-1m`, `toy:train`) resolved to paths by the entry points.
 
 Its report (student / teacher / headroom tables) and the position analysis of the mismatch are

@@ -120,6 +120,13 @@ def cache_root() -> Path:
     return (Path(base) if base else Path.home() / ".cache" / "atesd") / "toy"
 
 
+def named_worlds() -> dict[str, ToyWorldConfig]:
+    """Toy worlds with a name besides the presets' own (`toy:<name>`), by the configuration that builds
+    them. `toy-1m-top-down`: the toy-1m world with goal-first references
+    (`task.reference_style=top_down`), the second world of docs/toy-world.md section 11, shipped."""
+    return {"toy-1m-top-down": ToyWorldConfig(task=task.TaskConfig(reference_style="top_down"), threads=1)}
+
+
 def shipped_world(key: str) -> Path | None:
     """The world shipped with the package that was built from the configuration with this key."""
     for marker in sorted(SHIPPED_DIR.glob(f"*/{WORLD_FILE}")):

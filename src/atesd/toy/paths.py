@@ -1,9 +1,10 @@
 """`toy:` names, resolved in one place for every command and the Python API.
 
 - `toy:<preset>` as a model (`toy:toy-1m`, `toy:toy-5m`, `toy:toy-test`) is that preset's toy world
-  directory, built or found in the cache (toy-1m ships with the package).
+  directory, built or found in the cache (toy-1m ships with the package); a named world
+  (`toy:toy-1m-top-down`, `atesd.toy.build.named_worlds`) likewise (it ships too).
 - `toy:<split>` as data (`toy:train`, `toy:val`, `toy:test`, `toy:test-large`) is the split's JSONL
-  file in the model's toy world: the world of a `toy:<preset>` model, or a toy world folder given by
+  file in the model's toy world: the world of a `toy:<preset>` or named model, or a toy world folder given by
   path (a copy made by `atesd toy build --out`); for any other model (a trained run's `final/`, a
   hub model) the shipped toy-1m world's.
 
@@ -25,18 +26,20 @@ def is_toy_name(name) -> bool:
 
 
 def toy_world_of(model) -> Path | None:
-    """The toy world a model names: `toy:<preset>` (built if needed), or a folder holding a toy
-    world (its world.json); None for any other model."""
-    from atesd.toy.build import WORLD_FILE, build_toy_world
+    """The toy world a model names: `toy:<preset>` or a named world (`atesd.toy.build.named_worlds`),
+    built if needed, or a folder holding a toy world (its world.json); None for any other model."""
+    from atesd.toy.build import WORLD_FILE, build_toy_world, named_worlds
     from atesd.toy.model import PRESETS
 
     if is_toy_name(model):
-        preset = model[len(PREFIX):]
-        if preset not in PRESETS:
-            raise ValueError(f"model {model!r}: unknown toy preset {preset!r}; a toy model is one of "
-                             f"{', '.join(PREFIX + p for p in sorted(PRESETS))} (data splits such as toy:test "
-                             "go with --data / data.train / data.val)")
-        return build_toy_world(preset)
+        name, named = model[len(PREFIX):], named_worlds()
+        if name in named:
+            return build_toy_world(named[name])
+        if name not in PRESETS:
+            raise ValueError(f"model {model!r}: unknown toy world {name!r}; a toy model is one of "
+                             f"{', '.join(PREFIX + p for p in sorted([*PRESETS, *named]))} (data splits such as "
+                             "toy:test go with --data / data.train / data.val)")
+        return build_toy_world(name)
     if model and (Path(str(model)) / WORLD_FILE).is_file():
         return Path(str(model))
     return None
