@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from atesd.config import load_config
-from atesd.objectives import group_advantages
+from atesd.objectives import LossStats, group_advantages
 from atesd.scoring import completion_hidden, token_logprobs
 
 # `atesd.train` the module (the package exports the function `train` under the same name)
@@ -48,8 +48,7 @@ def _mean_token_logprobs(model, views) -> torch.Tensor:
         batch = views.student
         logp = token_logprobs(completion_hidden(model, batch), model.get_output_embeddings().weight,
                               batch.target_ids, 1.0, 1024)
-        sums = torch.zeros(len(batch.completion_lengths)).index_add_(0, batch.token_rollout, logp)
-        return sums / torch.tensor(batch.completion_lengths, dtype=sums.dtype)
+        return LossStats.of(logp, torch.ones_like(logp, dtype=torch.bool), batch).per_rollout()
 
 
 def _optimizer(setting: str, params, cfg):

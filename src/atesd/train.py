@@ -112,7 +112,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Tr
             batch, prompts, completions, rollouts, correct = sample(run, step)
         with timer("decide"):
             full = (full_exposure_divergence(run, batch, prompts, completions, correct)
-                    if getattr(run.exposure, "needs_full_divergence", False) else None)
+                    if run.exposure.needs_full_divergence else None)
             ratios, counterfactual, reveal_ratio = decide(run, step, batch, completions, rollouts, correct, full)
         with timer("views"):
             micro_batches = build_views(run, batch, prompts, completions, correct, ratios)

@@ -30,6 +30,7 @@ class HeldRatioPolicy(GlobalDecisions):
     needs_grounding_score = False
     needs_probe_nll = False
     needs_credit = False
+    needs_full_divergence = False
     probe_every = 1
 
     def wants_credit(self, step: int) -> bool:

@@ -92,6 +92,7 @@ class LearnedExposure:
 
     kind = "learned"
     needs_probe_nll = True  # a state feature, and ℓ_t by default
+    needs_full_divergence = False
     STATE_PROBE_EVERY = 4  # steps between probe NLL measurements when it is a state feature only
 
     def __init__(self, cfg: ExposureConfig, total_steps: int) -> None:

@@ -62,6 +62,7 @@ class PerExampleExposure:
     needs_probe_nll = True
     needs_grounding_score = False
     needs_credit = True
+    needs_full_divergence = False
     probe_every = 4  # the probe NLL is a state feature only
 
     def __init__(self, cfg: ExposureConfig, total_steps: int) -> None:

@@ -48,13 +48,15 @@ class ExposurePolicy(Protocol):
     """Chooses the reveal ratio α for each student step; see the module docstring for the protocol.
 
     Attributes tell the loop which optional signals to measure every step:
-    needs_grounding_score (g_t, teacher log-prob of the withheld reference) and needs_probe_nll.
+    needs_grounding_score (g_t, teacher log-prob of the withheld reference), needs_probe_nll, and
+    needs_full_divergence (each rollout's divergence at α = 1, before deciding: `by_feature`).
     """
 
     kind: str
     needs_grounding_score: bool
     needs_probe_nll: bool
     needs_credit: bool
+    needs_full_divergence: bool
 
     def wants_credit(self, step: int) -> bool:
         """Whether step t's paired credit is to be measured (the loop's credit phase)."""
