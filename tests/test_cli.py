@@ -263,3 +263,22 @@ def test_diagnose_credit_runs_end_to_end_with_the_automatic_chunk_size(tiny_mode
     assert proc.returncode == 0, proc.stderr
     table = json.loads((tmp_path / "credit.json").read_text())
     assert table["ratios"] == [0.0, 1.0] and table["n_problems"] == 4
+
+
+def test_bench_world_flag_names_a_bad_world_in_one_line(tmp_path):
+    proc = _atesd("bench", "--world", tmp_path, "--methods", "base", "--out", tmp_path / "b")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"--world '{tmp_path}'" in proc.stderr and "world.json" in proc.stderr
+    proc = _atesd("bench", "--world", "toy:no-such-world", "--methods", "base", "--out", tmp_path / "b")
+    assert proc.returncode == 2 and "toy:toy-1m-top-down" in proc.stderr
+    assert not (tmp_path / "b").exists()  # nothing written before the world is known
+
+
+def test_bench_world_flag_benches_the_named_world(tmp_path):
+    from atesd.toy.paths import toy_world_of
+
+    proc = _atesd("bench", "--quick", "--world", "toy:toy-1m-top-down", "--methods", "base", "--out", tmp_path / "b")
+    assert proc.returncode == 0, proc.stderr
+    bench = json.loads((tmp_path / "b" / "bench.json").read_text())
+    world = toy_world_of("toy:toy-1m-top-down")
+    assert bench["model_dir"] == str(world.resolve()) and bench["data_dir"] == str(world.resolve() / "data")

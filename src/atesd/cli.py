@@ -160,6 +160,9 @@ def _run_train(args) -> None:
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="toy world → base eval → training → eval, on 2 CPU cores")
     p.add_argument("--config", default=None, help="training config (default: the packaged toy config)")
+    p.add_argument("--world", default=None,
+                   help="the toy world: toy:toy-1m (the config's default) or toy:toy-1m-top-down, whose references "
+                        "are written goal-first, off the student's own order (docs/toy-world.md section 11)")
     p.add_argument("--out", default="runs/demo",
                    help="run folder (default runs/demo; a previous demo run there is moved aside to <out>.old-<time>)")
     p.add_argument("--n-problems", type=int, default=None,
@@ -171,7 +174,8 @@ def _add_demo(sub) -> None:
 def _run_demo(args) -> None:
     from atesd.experiments.demo import run_demo
 
-    run_demo(config=args.config, out=args.out, overrides=args.overrides, n_problems=args.n_problems, k=args.k)
+    run_demo(config=args.config, out=args.out, overrides=args.overrides, n_problems=args.n_problems, k=args.k,
+             world=args.world)
 
 
 def _add_report(sub) -> None:
@@ -242,6 +246,9 @@ def _add_bench(sub) -> None:
                    help="the first seed (default 0): --seeds 3 --seed-offset 6 runs seeds 6, 7, 8")
     p.add_argument("--quick", action="store_true", help="tiny budgets for a CI smoke (~2 min on 2 cores)")
     p.add_argument("--out", default=None, help="default runs/bench-toy (runs/bench-toy-quick with --quick)")
+    p.add_argument("--world", default=None,
+                   help="the toy world to bench on: a name (toy:toy-1m-top-down) or a world folder "
+                        "(default: the configs' own, toy:toy-1m)")
     p.add_argument("--methods", nargs="+", default=None,
                    help="a subset of atesd.experiments.bench.METHODS (default: all of them)")
     p.add_argument("--steps", type=int, default=None,
@@ -252,9 +259,17 @@ def _add_bench(sub) -> None:
 
 
 def _run_bench(args) -> None:
+    from atesd.config import ConfigError
     from atesd.experiments.bench import run_bench
+    from atesd.toy.paths import toy_world_of
 
-    outcome = run_bench(suite=args.suite, seeds=args.seeds, quick=args.quick, out=args.out,
+    model_dir = None
+    if args.world is not None:
+        model_dir = toy_world_of(args.world)
+        if model_dir is None:
+            raise ConfigError(f"--world {args.world!r}: neither a toy world name (toy:toy-1m-top-down) "
+                              "nor a folder holding a toy world (world.json)")
+    outcome = run_bench(suite=args.suite, seeds=args.seeds, quick=args.quick, out=args.out, model_dir=model_dir,
                         methods=args.methods, overrides=args.overrides, steps=args.steps,
                         seed_offset=args.seed_offset, command="atesd " + " ".join(sys.argv[1:]))
     for path in outcome.files:

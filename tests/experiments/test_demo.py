@@ -56,3 +56,18 @@ def test_bench_reference_quotes_last_step_gains_with_their_seed_counts(tmp_path)
     bench["budget"]["test"] = {**TOY_PROTOCOL.to_dict(), "seed": 0}
     path.write_text(json.dumps(bench))
     assert bench_reference(path) == ""  # another protocol: nothing to compare with
+
+
+def test_demo_on_another_world_trains_and_evaluates_on_that_worlds_own_splits(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    monkeypatch.setenv("ATESD_CACHE", str(tmp_path / "cache"))
+    world = quick_world()
+    overrides = ["steps=2", "prompts_per_step=2", "exposure.hold_steps=2", "exposure.probe_size=2",
+                 "rollout.max_new_tokens=16", "progress=false"]  # data stay toy:train / toy:val, the config's
+    run_demo(config=CONFIG, out=str(tmp_path / "demo"), overrides=overrides, n_problems=2, k=1, world=str(world))
+    saved = yaml.safe_load((tmp_path / "demo" / "config.yaml").read_text())
+    assert saved["model"]["name_or_path"] == str(world)
+    assert saved["data"]["train"] == str(world / "data" / "train.jsonl")
+    assert saved["data"]["val"] == str(world / "data" / "val.jsonl")
+    assert f"[demo] toy world: {world}" in capsys.readouterr().out

@@ -25,6 +25,8 @@ from atesd.train import train
 
 DEFAULT_CONFIG = "configs/toy-atesd.yaml"
 BENCH_JSON = "docs/figures/bench-toy/bench.json"
+# the committed bench of each shipped world, which the demo quotes under the same protocol
+BENCH_JSON_OF_WORLD = {"toy:toy-1m": BENCH_JSON, "toy:toy-1m-top-down": "docs/figures/bench-top-down/bench.json"}
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -78,11 +80,15 @@ def bench_reference(path: str | Path = BENCH_JSON) -> str:
 
 
 def run_demo(config: str | None = None, out: str = "runs/demo", overrides: list[str] | None = None,
-             n_problems: int | None = None, k: int | None = None) -> dict:
+             n_problems: int | None = None, k: int | None = None, world: str | None = None) -> dict:
+    """world: a toy world to run on instead of the config's (`toy:toy-1m-top-down`, or a world folder);
+    the config's `toy:` data splits then name that world's."""
     config = config or DEFAULT_CONFIG
     if not Path(config).is_file():
         raise FileNotFoundError(f"{config}: demo config not found (run from the repository root or pass --config)")
-    cfg = resolve_toy_paths(load_config(config, [f"output_dir={out}", *(overrides or [])]))
+    world_override = [f"model.name_or_path={world}"] if world else []
+    raw = load_config(config, [*world_override, f"output_dir={out}", *(overrides or [])])
+    cfg = resolve_toy_paths(raw)
     world = Path(cfg.model.name_or_path)
     protocol = replace(TOY_PROTOCOL, **{name: value for name, value in (("n_problems", n_problems), ("k", k))
                                         if value is not None}, max_new_tokens=cfg.rollout.max_new_tokens)
@@ -105,9 +111,11 @@ def run_demo(config: str | None = None, out: str = "runs/demo", overrides: list[
     for name, b, a in rows:
         print(f"| {name} | {100 * b:.1f}% | {100 * a:.1f}% |")
     print(f"\npaired difference: {100 * diff:+.1f} ± {100 * se:.1f} points (SE over {len(test)} problems)")
-    reference = bench_reference() if protocol == replace(TOY_PROTOCOL, max_new_tokens=protocol.max_new_tokens) else ""
+    bench_json = BENCH_JSON_OF_WORLD.get(raw.model.name_or_path)
+    same_protocol = protocol == replace(TOY_PROTOCOL, max_new_tokens=protocol.max_new_tokens)
+    reference = bench_reference(bench_json) if bench_json and same_protocol else ""
     if reference:
-        print(f"for comparison ({reference}): docs/figures/bench-toy/bench.json")
+        print(f"for comparison ({reference}): {bench_json}")
 
     trajectory = _trajectory(result.output_dir)
     if trajectory:
