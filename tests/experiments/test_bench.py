@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from atesd.experiments.bench import FULL_BUDGET, METHODS, QUICK_BUDGET, method_config, planned_seconds, run_bench
+from atesd.experiments.bench import FULL_BUDGET, METHODS, METHODS_BY_NAME, QUICK_BUDGET, method_config, planned_seconds, run_bench
 from atesd.experiments.bench_report import PLOTS
 from atesd.experiments.bench_stats import tokens_to_reach
 from atesd.data import write_problems
@@ -35,7 +35,7 @@ def quick_bench(tiny_model_dir, data_dir, tmp_path_factory):
 
 def test_method_table_has_every_method_once():
     names = [m.name for m in METHODS]
-    assert names == ["base", "sft", "grpo", "opsd", "fixed-0", "fixed-0.25", "fixed-0.5", "fixed-0.75", "random",
+    assert names == ["base", "sft", "grpo", "grpo-16x8", "opsd", "fixed-0", "fixed-0.25", "fixed-0.5", "fixed-0.75", "random",
                      "schedule", "schedule-down", "by-difficulty-easy-full", "by-difficulty-hard-full", "by-correct",
                      "by-pass-rate", "by-confidence", "by-divergence", "atesd", "atesd-per-example",
                      "atesd-per-difficulty", "atesd-per-difficulty-paper-start",
@@ -50,8 +50,11 @@ def test_every_method_config_loads_with_the_same_rollout_budget(tmp_path, tiny_m
                 "atesd": ("distill", "learned")}
     for method in METHODS:
         cfg = method_config(method, 1, FULL_BUDGET, tmp_path / method.name, str(tiny_model_dir), str(data_dir))
-        assert cfg.prompts_per_step * cfg.rollout.num_generations == FULL_BUDGET.prompts_per_step
-        assert cfg.seed == 1 and cfg.steps == FULL_BUDGET.steps and cfg.validation.every == FULL_BUDGET.validation_every
+        f = method.batch_factor  # f times the rollouts per step for 1/f of the steps: the same rollouts in all
+        assert cfg.prompts_per_step * cfg.rollout.num_generations * cfg.steps == FULL_BUDGET.rollouts_per_run
+        assert cfg.prompts_per_step * cfg.rollout.num_generations == FULL_BUDGET.prompts_per_step * f
+        assert cfg.seed == 1 and cfg.steps == FULL_BUDGET.steps // f
+        assert cfg.validation.every == cfg.save_every == FULL_BUDGET.validation_every // f
         if method.name in expected:
             assert (cfg.loss.objective, cfg.exposure.policy) == expected[method.name]
         if method.name == "fixed-0.25":
@@ -82,8 +85,11 @@ def test_every_method_config_loads_with_the_same_rollout_budget(tmp_path, tiny_m
             assert cfg.exposure.reward == "one_step"
         if method.name == "atesd-no-gt":
             assert cfg.exposure.grounding_weight == 0 and cfg.exposure.reward == "discounted"
-    grpo = method_config(METHODS[2], 0, FULL_BUDGET, tmp_path / "g", str(tiny_model_dir), str(data_dir))
-    assert (grpo.prompts_per_step, grpo.rollout.num_generations) == (4, 8)
+    grpo = method_config(METHODS_BY_NAME["grpo"], 0, FULL_BUDGET, tmp_path / "g", str(tiny_model_dir), str(data_dir))
+    assert (grpo.prompts_per_step, grpo.rollout.num_generations, grpo.steps) == (4, 8, 500)
+    wide = method_config(METHODS_BY_NAME["grpo-16x8"], 0, FULL_BUDGET, tmp_path / "w", str(tiny_model_dir),
+                         str(data_dir))
+    assert (wide.prompts_per_step, wide.rollout.num_generations, wide.steps, wide.validation.every) == (16, 8, 125, 31)
 
 
 def test_label_free_oracles_give_the_hard_looking_rollouts_half_exposure(tmp_path, tiny_model_dir, data_dir):

@@ -38,6 +38,7 @@ Departures (ours, not the papers'):
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -134,25 +135,28 @@ def method_config(method: Method, seed: int, budget: BenchBudget, run_dir: Path,
     method, e.g. optim.lr=1e-4), the method's overrides, then the bench's budget, seed (also the
     exposure policy's seed), paths and validation settings; checkpoints at every validation. A method
     with G > 1 rollouts per prompt (GRPO, the group pass rate) gets prompts_per_step / G prompts of G each."""
+    factor = math.gcd(method.batch_factor, budget.steps)  # the method's own unless the budget is too short (--quick)
+    every = max(1, budget.validation_every // factor)
     common = [
         f"model.name_or_path={model_dir}", f"data.train={Path(data_dir) / 'train.jsonl'}",
         f"data.val={Path(data_dir) / 'val.jsonl'}", f"seed={seed}", f"exposure.seed={seed}",
-        f"steps={budget.steps}", f"prompts_per_step={budget.prompts_per_step}",
-        f"rollout.max_new_tokens={budget.max_new_tokens}", f"validation.every={budget.validation_every}",
+        f"steps={budget.steps // factor}", f"prompts_per_step={budget.prompts_per_step * factor}",
+        f"rollout.max_new_tokens={budget.max_new_tokens}", f"validation.every={every}",
         f"validation.k={budget.val_k}", f"validation.max_problems={budget.val_problems}",
-        "validation.temperature=1.0", f"save_every={budget.validation_every}", f"output_dir={run_dir}",
+        "validation.temperature=1.0", f"save_every={every}", f"output_dir={run_dir}",
         f"keep_checkpoints={budget.keep_checkpoints}",
         "progress=false",
     ]
     path = (config_dir or _default_config_dir()) / method.config
     cfg = load_config(path, [*overrides, *method.overrides, *common])
     if cfg.rollout.num_generations > 1:
-        group = min(cfg.rollout.num_generations, budget.prompts_per_step)
-        if budget.prompts_per_step % group:
-            raise ConfigError(f"bench: prompts_per_step={budget.prompts_per_step} is not a multiple of {method.name}'s "
+        per_step = budget.prompts_per_step * factor
+        group = min(cfg.rollout.num_generations, per_step)
+        if per_step % group:
+            raise ConfigError(f"bench: prompts_per_step={per_step} is not a multiple of {method.name}'s "
                              f"{group} rollouts per prompt; the rollout budgets would differ")
         cfg = load_config(path, [*overrides, *method.overrides, *common, f"rollout.num_generations={group}",
-                                 f"prompts_per_step={budget.prompts_per_step // group}"])
+                                 f"prompts_per_step={per_step // group}"])
     return cfg
 
 

@@ -13,12 +13,15 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Method:
     """One row of the bench: a config file in configs/ and the overrides that make the method.
-    trains=False: evaluate the warm-started model as it is (the "base" row)."""
+    trains=False: evaluate the warm-started model as it is (the "base" row). batch_factor = f: the run
+    takes f times the budget's rollouts per step for 1/f of its steps (the same rollouts in all;
+    validation and checkpoints every 1/f as many steps too)."""
 
     name: str
     config: str
     overrides: tuple[str, ...] = ()
     trains: bool = True
+    batch_factor: int = 1
 
 
 PAPER_BEFORE_25 = ("exposure.grounding_scale=none", "exposure.grounding_steps=own",
@@ -27,7 +30,9 @@ PAPER_BEFORE_25 = ("exposure.grounding_scale=none", "exposure.grounding_steps=ow
 METHODS: tuple[Method, ...] = (
     Method("base", "toy-opsd.yaml", trains=False),
     Method("sft", "toy-sft.yaml"),
-    Method("grpo", "toy-grpo.yaml"),
+    Method("grpo", "toy-grpo.yaml"),  # 4 prompts × 8 rollouts per step for 500 steps
+    # the budget where GRPO gains (docs/toy-world.md section 10): 16 prompts × 8 rollouts per step for 125 steps
+    Method("grpo-16x8", "toy-grpo.yaml", batch_factor=4),
     Method("opsd", "toy-opsd.yaml"),  # fixed reveal ratio 1: the full reference
     Method("fixed-0", "toy-opsd.yaml", ("exposure.reveal_ratio=0",)),  # the final answer only
     Method("fixed-0.25", "toy-opsd.yaml", ("exposure.reveal_ratio=0.25",)),
