@@ -1,5 +1,5 @@
 """Pool the runs of several bench folders into one report (for example a bench and its replication on
-further seeds, each with its own bench.json):
+further seeds, or method subsets run side by side, each with its own bench.json):
 
     python benchmarks/bench_merge.py docs/figures/bench-toy/bench.json \
         docs/figures/bench-toy-replication/bench.json --methods base opsd atesd-per-difficulty \
@@ -7,7 +7,8 @@ further seeds, each with its own bench.json):
 
 Writes bench.json, BENCHMARKS-toy.md and the PNGs of `atesd.experiments.bench_report` into --out. The
 benches must share one budget (steps, validation, test protocol) and one set of overrides, and a
-(method, seed) may come from one of them only; otherwise the error names the file.
+(method, seed) may come from one of them only, unless its test results are the same in each (the base
+row, evaluated in every folder); otherwise the error names the file.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ SHARED = ("budget", "overrides", "suite")  # what two benches must agree on to b
 def merge(paths: list[Path], methods: list[str] | None = None) -> tuple[list[dict], dict]:
     """(results, meta) of the pooled benches, in the bench's method order then by seed."""
     first = json.loads(paths[0].read_text())
-    results, origin = [], {}
+    results, origin, seen = [], {}, {}
     for path in paths:
         bench = first if path == paths[0] else json.loads(path.read_text())
         for key in SHARED:
@@ -37,7 +38,10 @@ def merge(paths: list[Path], methods: list[str] | None = None) -> tuple[list[dic
                 continue
             run = (result["method"], result["seed"])
             if run in origin:
-                raise SystemExit(f"{path}: {run[0]} seed {run[1]} is also in {origin[run]}")
+                if result["test"] == seen[run]["test"]:  # the same deterministic run in two folders (a base row)
+                    continue
+                raise SystemExit(f"{path}: {run[0]} seed {run[1]} is also in {origin[run]}, with other results")
+            seen[run] = result
             origin[run] = path
             results.append(result)
     order = {m.name: i for i, m in enumerate(METHODS)}

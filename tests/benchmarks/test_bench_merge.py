@@ -53,11 +53,20 @@ def test_merge_writes_the_report_into_out(tmp_path):
     assert (tmp_path / "pooled" / "BENCHMARKS-toy.md").is_file()
 
 
-def test_merge_refuses_the_same_run_twice_and_another_budget_naming_the_file(tmp_path):
+def test_merge_keeps_a_run_found_twice_with_equal_results_once(tmp_path):
+    _, a, b = _split(tmp_path)  # the base row evaluated in both folders, as side-by-side benches do
+    base = [r for r in json.loads(a.read_text())["results"] if r["method"] == "base"]
+    b.write_text(json.dumps({**json.loads(b.read_text()), "results": json.loads(b.read_text())["results"] + base}))
+    results, _ = merge([a, b])
+    assert [r["seed"] for r in results if r["method"] == "base"] == [0, 1, 2]
+
+
+def test_merge_refuses_the_same_run_twice_with_other_results_and_another_budget_naming_the_file(tmp_path):
     _, a, b = _split(tmp_path)
-    with pytest.raises(SystemExit, match=rf"{b}: base seed 0 is also in {a}"):
-        other = json.loads(a.read_text())
-        b.write_text(json.dumps({**json.loads(b.read_text()), "results": other["results"]}))
+    with pytest.raises(SystemExit, match=rf"{b}: base seed 0 is also in {a}, with other results"):
+        other = json.loads(a.read_text())["results"]
+        other[0] = {**other[0], "test": {**other[0]["test"], "average_at_k": 0.5}}
+        b.write_text(json.dumps({**json.loads(b.read_text()), "results": other}))
         merge([a, b])
     changed = json.loads(a.read_text())
     changed["budget"] = {**changed["budget"], "steps": 48}
