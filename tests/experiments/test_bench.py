@@ -35,7 +35,7 @@ def quick_bench(tiny_model_dir, data_dir, tmp_path_factory):
 
 def test_method_table_has_every_method_once():
     names = [m.name for m in METHODS]
-    assert names == ["base", "sft", "grpo", "grpo-16x8", "opsd", "fixed-0", "fixed-0.25", "fixed-0.5", "fixed-0.75", "random",
+    assert names == ["base", "sft", "grpo", "grpo-16x8", "grpo-16x8-lr1e-5", "opsd", "fixed-0", "fixed-0.25", "fixed-0.5", "fixed-0.75", "random",
                      "schedule", "schedule-down", "by-difficulty-easy-full", "by-difficulty-hard-full", "by-correct",
                      "by-pass-rate", "by-confidence", "by-divergence", "atesd", "atesd-per-example",
                      "atesd-per-difficulty", "atesd-per-difficulty-paper-start",

@@ -33,6 +33,7 @@ METHODS: tuple[Method, ...] = (
     Method("grpo", "toy-grpo.yaml"),  # 4 prompts × 8 rollouts per step for 500 steps
     # the budget where GRPO gains (docs/toy-world.md section 10): 16 prompts × 8 rollouts per step for 125 steps
     Method("grpo-16x8", "toy-grpo.yaml", batch_factor=4),
+    Method("grpo-16x8-lr1e-5", "toy-grpo.yaml", ("optim.lr=1e-5",), batch_factor=4),  # the same, a third the step
     Method("opsd", "toy-opsd.yaml"),  # fixed reveal ratio 1: the full reference
     Method("fixed-0", "toy-opsd.yaml", ("exposure.reveal_ratio=0",)),  # the final answer only
     Method("fixed-0.25", "toy-opsd.yaml", ("exposure.reveal_ratio=0.25",)),
