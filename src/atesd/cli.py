@@ -159,10 +159,11 @@ def _run_train(args) -> None:
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="toy world → base eval → training → eval, on 2 CPU cores")
-    p.add_argument("--config", default=None, help="training config (default: the packaged toy config)")
+    p.add_argument("--config", default=None, help="training config (default: configs/toy-atesd.yaml)")
     p.add_argument("--world", default=None,
-                   help="the toy world: toy:toy-1m (the config's default) or toy:toy-1m-top-down, whose references "
-                        "are written goal-first, off the student's own order (docs/toy-world.md section 11)")
+                   help="the toy world (default: toy:toy-1m-top-down, whose references are written goal-first, off "
+                        "the student's own order, docs/toy-world.md section 13, unless --config is given; then the "
+                        "config's own); toy:toy-1m is the configs' world")
     p.add_argument("--out", default="runs/demo",
                    help="run folder (default runs/demo; a previous demo run there is moved aside to <out>.old-<time>)")
     p.add_argument("--n-problems", type=int, default=None,

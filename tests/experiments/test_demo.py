@@ -71,3 +71,19 @@ def test_demo_on_another_world_trains_and_evaluates_on_that_worlds_own_splits(tm
     assert saved["data"]["train"] == str(world / "data" / "train.jsonl")
     assert saved["data"]["val"] == str(world / "data" / "val.jsonl")
     assert f"[demo] toy world: {world}" in capsys.readouterr().out
+
+
+def test_demo_without_a_config_or_a_world_runs_on_the_goal_first_world(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from atesd.experiments.demo import DEFAULT_WORLD
+    from atesd.toy.paths import toy_world_of
+
+    monkeypatch.chdir(Path(CONFIG).parents[1])  # the packaged config is found from the repository root
+    overrides = ["steps=1", "prompts_per_step=2", "exposure.hold_steps=1", "exposure.probe_size=2",
+                 "rollout.max_new_tokens=8", "progress=false"]
+    run_demo(out=str(tmp_path / "demo"), overrides=overrides, n_problems=2, k=1)
+    world = toy_world_of(DEFAULT_WORLD)
+    assert DEFAULT_WORLD == "toy:toy-1m-top-down" and world.name == "toy-1m-top-down"
+    saved = yaml.safe_load((tmp_path / "demo" / "config.yaml").read_text())
+    assert saved["model"]["name_or_path"] == str(world) and saved["data"]["train"] == str(world / "data" / "train.jsonl")
