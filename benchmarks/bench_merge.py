@@ -7,8 +7,8 @@ further seeds, or method subsets run side by side, each with its own bench.json)
 
 Writes bench.json, BENCHMARKS-toy.md and the PNGs of `atesd.experiments.bench_report` into --out. The
 benches must share one budget (steps, validation, test protocol) and one set of overrides, and a
-(method, seed) may come from one of them only, unless its test results are the same in each (the base
-row, evaluated in every folder); otherwise the error names the file.
+(method, seed) may come from one of them only, unless its per-problem test results are the same in
+each (the base row, evaluated in every folder); otherwise the error names the file.
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ from atesd.experiments.bench import METHODS
 from atesd.experiments.bench_report import write_report
 
 SHARED = ("budget", "overrides", "suite")  # what two benches must agree on to be pooled
+
+
+def _same_run(a: dict, b: dict) -> bool:
+    """Equal test results problem by problem (what a later report format added to a result does not count)."""
+    return a["test"]["per_problem_accuracy"] == b["test"]["per_problem_accuracy"]
 
 
 def merge(paths: list[Path], methods: list[str] | None = None) -> tuple[list[dict], dict]:
@@ -38,7 +43,7 @@ def merge(paths: list[Path], methods: list[str] | None = None) -> tuple[list[dic
                 continue
             run = (result["method"], result["seed"])
             if run in origin:
-                if result["test"] == seen[run]["test"]:  # the same deterministic run in two folders (a base row)
+                if _same_run(result, seen[run]):  # the same deterministic run in two folders (a base row)
                     continue
                 raise SystemExit(f"{path}: {run[0]} seed {run[1]} is also in {origin[run]}, with other results")
             seen[run] = result

@@ -65,7 +65,7 @@ def test_merge_refuses_the_same_run_twice_with_other_results_and_another_budget_
     _, a, b = _split(tmp_path)
     with pytest.raises(SystemExit, match=rf"{b}: base seed 0 is also in {a}, with other results"):
         other = json.loads(a.read_text())["results"]
-        other[0] = {**other[0], "test": {**other[0]["test"], "average_at_k": 0.5}}
+        other[0] = {**other[0], "test": {**other[0]["test"], "per_problem_accuracy": {}}}
         b.write_text(json.dumps({**json.loads(b.read_text()), "results": other}))
         merge([a, b])
     changed = json.loads(a.read_text())
