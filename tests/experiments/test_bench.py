@@ -86,10 +86,12 @@ def test_every_method_config_loads_with_the_same_rollout_budget(tmp_path, tiny_m
         if method.name == "atesd-no-gt":
             assert cfg.exposure.grounding_weight == 0 and cfg.exposure.reward == "discounted"
     grpo = method_config(METHODS_BY_NAME["grpo"], 0, FULL_BUDGET, tmp_path / "g", str(tiny_model_dir), str(data_dir))
-    assert (grpo.prompts_per_step, grpo.rollout.num_generations, grpo.steps) == (4, 8, 500)
+    assert (grpo.prompts_per_step, grpo.rollout.num_generations, grpo.steps, grpo.optim.lr) == (4, 8, 500, 3e-5)
     wide = method_config(METHODS_BY_NAME["grpo-16x8"], 0, FULL_BUDGET, tmp_path / "w", str(tiny_model_dir),
                          str(data_dir))
     assert (wide.prompts_per_step, wide.rollout.num_generations, wide.steps, wide.validation.every) == (16, 8, 125, 31)
+    assert wide.optim.lr == 3e-5 and method_config(METHODS_BY_NAME["grpo-16x8-lr1e-5"], 0, FULL_BUDGET, tmp_path / "l",
+                                                   str(tiny_model_dir), str(data_dir)).optim.lr == 1e-5
 
 
 def test_label_free_oracles_give_the_hard_looking_rollouts_half_exposure(tmp_path, tiny_model_dir, data_dir):
