@@ -3,8 +3,10 @@
 (`atesd.experiments.bench_stats`), on the last-step models (`--key test_last_step`, the default) or
 the checkpoints chosen on validation (`--key test`):
 
-    python benchmarks/ordering_check.py docs/figures/bench-top-down/bench.json --grpo grpo-16x8 \
+    python benchmarks/ordering_check.py docs/figures/bench-top-down/bench.json --grpo grpo-16x8-lr1e-5 \
         --out docs/figures/bench-top-down/ordering.json
+    python benchmarks/ordering_check.py docs/figures/bench-toy/bench.json \
+        docs/figures/bench-toy-grpo-paper/bench.json --grpo grpo-16x8-lr1e-5      # pooled, as bench_merge pools
 
 | contrast | what the papers show | met when |
 |---|---|---|
@@ -80,19 +82,28 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bench_json", type=Path)
+    parser.add_argument("bench_json", type=Path, nargs="+",
+                        help="one bench.json, or several pooled as benchmarks/bench_merge.py pools them")
     parser.add_argument("--grpo", default="grpo", help="the bench's GRPO row (default grpo; grpo-16x8 for its budget)")
     parser.add_argument("--key", default="test_last_step", choices=["test_last_step", "test"],
                         help="last-step models (default) or the checkpoints chosen on validation")
     parser.add_argument("--out", type=Path, default=None, help="write the records as JSON here (default: print only)")
     args = parser.parse_args(argv)
-    if not args.bench_json.is_file():
-        raise SystemExit(f"{args.bench_json}: no such bench.json")
-    rows = ordering(json.loads(args.bench_json.read_text()), args.grpo, args.key)
+    for path in args.bench_json:
+        if not path.is_file():
+            raise SystemExit(f"{path}: no such bench.json")
+    if len(args.bench_json) == 1:
+        bench = json.loads(args.bench_json[0].read_text())
+    else:
+        from bench_merge import merge  # benchmarks/, beside this script
+
+        results, _ = merge(args.bench_json)
+        bench = {"results": results}
+    rows = ordering(bench, args.grpo, args.key)
     print(markdown(rows))
     if args.out is not None:
         command = "python benchmarks/ordering_check.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        atomic.write_json(args.out, {"command": command, "bench": str(args.bench_json), "contrasts": rows})
+        atomic.write_json(args.out, {"command": command, "bench": [str(p) for p in args.bench_json], "contrasts": rows})
         print(f"wrote {args.out}")
 
 

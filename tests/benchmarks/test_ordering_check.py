@@ -32,3 +32,15 @@ def test_a_missing_method_is_reported_and_the_records_are_written(tmp_path):
     rows = {r["contrast"]: r for r in json.loads((tmp_path / "ordering.json").read_text())["contrasts"]}
     assert rows["opsd - sft"]["missing"] == ["sft"] and rows["grpo-16x8 - base"]["missing"] == ["grpo-16x8"]
     assert rows["random - opsd"]["met_seed_unit"] is True
+
+
+def test_several_benches_are_pooled_before_the_contrasts(tmp_path):
+    bench = json.loads(SHIPPED.read_text())
+    keep = [r for r in bench["results"] if r["method"] in ("base", "opsd", "sft", "random")]
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({**bench, "results": [r for r in keep if r["method"] != "sft"]}))
+    b.write_text(json.dumps({**bench, "results": [r for r in keep if r["method"] in ("sft", "base")]}))
+    main([str(a), str(b), "--out", str(tmp_path / "o.json")])
+    pooled = {r["contrast"]: r for r in json.loads((tmp_path / "o.json").read_text())["contrasts"]}
+    whole = {r["contrast"]: r for r in ordering({"results": keep})}
+    assert pooled["opsd - sft"]["pooled_mean"] == whole["opsd - sft"]["pooled_mean"] and pooled["opsd - sft"]["seeds"] == 3
