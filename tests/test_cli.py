@@ -277,8 +277,9 @@ def test_bench_world_flag_names_a_bad_world_in_one_line(tmp_path):
 def test_bench_world_flag_benches_the_named_world(tmp_path):
     from atesd.toy.paths import toy_world_of
 
-    proc = _atesd("bench", "--quick", "--world", "toy:toy-1m-top-down", "--methods", "base", "--out", tmp_path / "b")
+    proc = _atesd("bench", "--quick", "--world", "toy:toy-1m-top-down", "--methods", "base", "--out", tmp_path / "b", cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     bench = json.loads((tmp_path / "b" / "bench.json").read_text())
     world = toy_world_of("toy:toy-1m-top-down")
-    assert bench["model_dir"] == str(world.resolve()) and bench["data_dir"] == str(world.resolve() / "data")
+    assert Path(bench["model_dir"]).resolve() == world.resolve()  # relative to the repository, where it ran
+    assert Path(bench["data_dir"]).resolve() == world.resolve() / "data" and not Path(bench["model_dir"]).is_absolute()

@@ -114,6 +114,13 @@ def planned_seconds(budget: BenchBudget, methods: Sequence[Method], n_seeds: int
     return total * n_seeds
 
 
+def _shown(path: Path) -> str:
+    """The path as a report records it: relative to the working directory when inside it (a committed
+    bench.json names no path of the machine it ran on), else absolute."""
+    path = path.resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def _default_config_dir() -> Path:
     here = Path("configs")
     return here if (here / "toy-opsd.yaml").is_file() else Path(__file__).resolve().parents[2] / "configs"
@@ -334,8 +341,8 @@ def run_bench(suite: str = "toy", seeds: int | None = None, quick: bool = False,
 
             print("[bench] building (or reusing) the toy world ...")
             model_dir = resolve_toy_paths(load_config(config_dir / "toy-opsd.yaml")).model.name_or_path
-    model_dir = str(Path(model_dir).resolve())
-    data_dir = str(Path(data_dir).resolve() if data_dir is not None else Path(model_dir) / "data")
+    model_dir = _shown(Path(model_dir))
+    data_dir = _shown(Path(data_dir) if data_dir is not None else Path(model_dir) / "data")
     command = command or (f"atesd bench --suite {suite} --seeds {seeds}"
                           f"{f' --seed-offset {seed_offset}' if seed_offset else ''}{' --quick' if quick else ''} --out {out}")
 
