@@ -57,6 +57,8 @@ METHODS: tuple[Method, ...] = (
     Method("by-pass-rate", "toy-opsd.yaml", ("exposure.policy=by_feature", "exposure.feature=pass_rate",
                                              "exposure.feature_thresholds=[0.5]", "exposure.feature_ratios=[0.5,1]",
                                              "rollout.num_generations=4")),  # a group of 4 rollouts per problem
+    # by-pass-rate's control: OPSD on the same 8 problems × 4 rollouts per step
+    Method("opsd-g4", "toy-opsd.yaml", ("rollout.num_generations=4",)),
     Method("by-confidence", "toy-opsd.yaml", ("exposure.policy=by_feature", "exposure.feature=confidence",
                                               "exposure.feature_binning=batch_quantile",
                                               "exposure.feature_thresholds=[0.4]", "exposure.feature_ratios=[0.5,1]")),
