@@ -9,6 +9,7 @@ type the launcher gives on GPUs and says exactly what it sets. Each run takes 15
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -243,3 +244,26 @@ def test_a_launcher_accumulation_setting_that_overrides_the_config_is_refused(mo
     cfg = load_config(None, ["model.name_or_path=x", "data.train=x", "optim.grad_accum_steps=4"])
     with pytest.raises(ValueError, match="optim.grad_accum_steps=4"):
         make_accelerator(cfg, str(tmp_path))
+
+
+def test_label_free_learned_exposure_trains_a_bf16_lora_model_on_two_processes(config, tmp_path):
+    """The label-free controller (one Beta per bin of `correct`) with its forward-mode paired credit, on a
+    bfloat16 LoRA model under DDP: every step credits rollouts of both processes with finite, nonzero
+    values, the table updates once per step, and both processes train with the same ratios."""
+    out = tmp_path / "bf16-lora"
+    run = launch(config, out, "ddp", [*LORA, "model.dtype=bfloat16", "exposure.reward=counterfactual",
+                                      "exposure.granularity=per_feature", "exposure.feature=correct",
+                                      "exposure.credit_derivative=forward_mode", "exposure.credit_examples=4",
+                                      "exposure.credit_refresh_steps=1"])
+    assert run["num_processes"] == 2
+    assert json.loads((out / "rank1.json").read_text())["ratios"] == run["ratios"]
+    records = [json.loads(line) for line in (out / "run" / "exposure.jsonl").read_text().splitlines()]
+    credits = [r for r in records if r["event"] == "credit"]
+    assert [r["step"] for r in records if r["event"] == "update"] == [0, 1, 2]
+    assert len(credits) == 12 and {r["example"] // 4 for r in credits} == {0, 1}  # 4 prompts per process
+    values = [v for r in credits for v in (r["chosen_credit"], r["counterfactual_credit"])]
+    assert all(math.isfinite(v) for v in values) and any(v != 0.0 for v in values)
+    decisions = [r for r in records if r["event"] == "decision"]
+    assert all(r["feature"] == "correct" and len(r["reveal_ratios"]) == 8 for r in decisions)
+    assert any("lora_" in name for name in run["weights"])  # trained as LoRA
+    assert run["final"] and all(v.dtype == torch.bfloat16 for v in run["final"].values())  # saved as bf16

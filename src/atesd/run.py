@@ -101,10 +101,11 @@ def resolve_loss(cfg: TrainConfig, policy):
 
 
 def _check_credit_supported(cfg: TrainConfig, accelerator) -> None:
-    """The counterfactual credit perturbs the full float32 weights (`atesd.exposure.credit`)."""
-    if cfg.model.dtype != "float32":
-        raise ValueError("exposure.reward=counterfactual needs model.dtype=float32 (its central difference "
-                         "would drown in bfloat16 rounding)")
+    """The counterfactual credit differentiates (forward mode) or perturbs (central difference, float32
+    only) the full local parameters (`atesd.exposure.credit`)."""
+    if cfg.exposure.credit_derivative == "central_difference" and cfg.model.dtype != "float32":
+        raise ValueError("exposure.credit_derivative=central_difference needs model.dtype=float32 (the difference "
+                         "would drown in bfloat16 rounding); use exposure.credit_derivative=forward_mode")
     if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
         raise ValueError(f"exposure.reward=counterfactual perturbs the full parameters; it does not run under "
                          f"{accelerator.distributed_type.name} (use DDP or one process)")
@@ -192,7 +193,8 @@ class TrainingRun:
             if exposure.needs_credit:
                 _check_credit_supported(cfg, accelerator)
                 credit = ProbeCredit(probe_set, tokenizer, cfg.prompts, loss_cfg, cfg.exposure.credit_step,
-                                     refresh_every=cfg.exposure.credit_refresh_steps)
+                                     refresh_every=cfg.exposure.credit_refresh_steps,
+                                     derivative=cfg.exposure.credit_derivative)
         optimizer = make_optimizer(policy, cfg.optim)
         scheduler = make_scheduler(optimizer, cfg.optim, cfg.steps)
         policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)

@@ -67,7 +67,7 @@ def test_pass_rate_counts_the_problems_rollouts_over_visits_and_its_group():
     # a repeated call for the same step counts nothing twice
     policy.decide(1, [context(False, problem_id="a")])
     assert policy.decide(1, [context(False, problem_id="a")]).ratios == [0.5]  # a: 1 right of 3
-    assert policy.outcomes == {"a": [1, 3], "b": [0, 1]}
+    assert policy.binner.outcomes == {"a": [1, 3], "b": [0, 1]}
 
 
 def test_pass_rate_counts_survive_a_checkpoint_round_trip():

@@ -1,5 +1,6 @@
 """Per-example exposure: one α per rollout from a contextual Beta policy, or from its difficulty level's
-Beta (granularity="per_difficulty"), learned from paired credit."""
+Beta (granularity="per_difficulty") or its feature bin's (granularity="per_feature"), learned from paired
+credit."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ SIGNALS = TrainingSignals(distill_loss=1.0, divergence_mean=0.1, top1_disagreeme
 
 def _contexts(rng, n=16):
     return [ExampleContext(difficulty=rng.randint(1, 5), correct=rng.random() < 0.4,
-                           self_confidence=-rng.random(), length_fraction=rng.random()) for _ in range(n)]
+                           self_confidence=-rng.random(), length_fraction=rng.random(),
+                           problem_id=str(rng.randint(0, 5))) for _ in range(n)]
 
 
 def _drive(policy, steps, credit_of, seed=0, examples=16, credited=8):
@@ -121,11 +123,44 @@ def test_per_difficulty_policy_separates_levels_at_the_toy_budget():
         assert mean[0] == pytest.approx(0.5)  # no unlabelled example: row 0 never moved
 
 
-@pytest.mark.parametrize("granularity", ["per_example", "per_difficulty"])
+def test_per_feature_table_learns_each_bins_side_and_leaves_the_unknown_row():
+    """feature=correct, one edge at 0.5: row 0 (wrong rollouts) gets credit that falls with α, row 1 (right
+    ones) credit that rises; the rows part to their sides on every seed, the unknown row (2) never moves."""
+    for seed in range(3):
+        noise = random.Random(200 + seed)
+        cfg = ExposureConfig(policy="learned", granularity="per_feature", reward="counterfactual", feature="correct",
+                             feature_thresholds=[0.5], policy_lr=3e-2, credit_examples=32, seed=seed)
+        policy = make_exposure_policy(cfg, 300)
+        assert isinstance(policy, PerExampleExposure) and not policy.needs_full_divergence
+        records = _drive(policy, 300, lambda c, r: (0.5 if c.correct else -0.5) * r + noise.gauss(0, 0.7),
+                         seed=seed, examples=32, credited=32)
+        a, b = policy.network(torch.eye(3))
+        mean = (a / (a + b)).tolist()
+        assert mean[0] < 0.35 and mean[1] > 0.65, (seed, mean)
+        assert mean[2] == pytest.approx(0.5)
+        last = [r for r in records if r["event"] == "decision"][-1]
+        assert last["feature"] == "correct" and set(last["reveal_ratio_by_bin"]) <= {"0", "1"}
+        assert last["bins"] == [int(c.correct) for c in policy._step["contexts"]]
+
+
+def test_per_feature_unknown_feature_takes_the_extra_row():
+    cfg = ExposureConfig(policy="learned", granularity="per_feature", reward="counterfactual", feature="divergence",
+                         feature_binning="batch_quantile", feature_thresholds=[0.6])
+    policy = make_exposure_policy(cfg, 4)
+    assert policy.needs_full_divergence
+    contexts = [ExampleContext(difficulty=None, correct=False, self_confidence=-0.1, length_fraction=0.2,
+                               full_exposure_divergence=value) for value in (0.3, None, 0.1, 0.9, 0.5)]
+    policy.decide(0, contexts)
+    assert policy._step["bins"] == [0, None, 0, 1, 1]
+    assert [row.index(1.0) for row in policy._step["states"]] == [0, 2, 0, 1, 1]
+
+
+@pytest.mark.parametrize("granularity", ["per_example", "per_difficulty", "per_feature"])
 def test_resume_equals_the_uninterrupted_run(granularity):
     import io
 
-    cfg = ExposureConfig(policy="learned", granularity=granularity, reward="counterfactual", seed=3)
+    cfg = ExposureConfig(policy="learned", granularity=granularity, reward="counterfactual", seed=3,
+                         feature="pass_rate", feature_thresholds=[0.25, 0.75])
 
     def credit_of(context, ratio):
         return ratio if context.correct else -ratio
@@ -153,8 +188,10 @@ def test_resume_equals_the_uninterrupted_run(granularity):
                             tuple(credit_of(contexts[i], choice.counterfactual[i]) for i in range(8)))
         part += second.observe(step, SIGNALS, credit)
     assert part == whole
+    if granularity == "per_feature":  # the pass-rate counts came back with the checkpoint
+        assert second.binner.outcomes == full.binner.outcomes and sum(c[1] for c in full.binner.outcomes.values()) == 192
     other = make_exposure_policy(ExposureConfig(policy="learned", reward="counterfactual", seed=3, granularity=(
-        "per_example" if granularity == "per_difficulty" else "per_difficulty")), 12)
+        "per_example" if granularity != "per_example" else "per_difficulty")), 12)
     with pytest.raises(ValueError, match="another exposure policy"):
         other.load_state_dict(full.state_dict())
 

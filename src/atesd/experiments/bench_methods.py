@@ -74,6 +74,8 @@ METHODS: tuple[Method, ...] = (
     Method("atesd-per-difficulty-floor", "toy-atesd-per-difficulty.yaml", ("prompts.reveal_rounding=floor",)),
     Method("atesd-per-difficulty-beta22", "toy-atesd-per-difficulty.yaml",
            ("exposure.initial_beta_a=2", "exposure.initial_beta_b=2")),
+    # label-free: one learned Beta per bin of a per-example feature (whether the rollout was right), forward-mode credit
+    Method("atesd-per-feature", "toy-atesd-per-feature.yaml"),
     Method("atesd-slow", "toy-atesd.yaml", ("exposure.policy_lr=3e-3",)),  # toy-atesd.yaml's rate before 2026-11-29
     Method("atesd-paper-exact", "toy-atesd-paper.yaml"),  # the paper's controller, exactly (docs/algorithm.md)
     # toy-atesd-paper.yaml as it was before issue 25 (G_gt unscaled, over g_{t0} … g_{t0+L−1}, 7 state features),

@@ -43,23 +43,15 @@ def mid_rank_fractions(values: Sequence[float]) -> list[float]:
             / n for v in values]
 
 
-class ByFeatureExposure(FixedExposure):
-    """α = feature_ratios[bin of the example's feature]; see the module docstring.
-
-    Keeps, for feature="pass_rate", each problem's (right, rollouts) counts over the run (saved in
-    `state_dict`, so a resumed run bins as the uninterrupted one). Logs one "assignment" record per
-    step: the feature's mean over the batch, the share of the batch in each bin and the mean α.
-    """
-
-    kind = "by_feature"
+class FeatureBins:
+    """The bin of each example's feature (module docstring); shared by policy="by_feature" and the learned
+    granularity="per_feature". Keeps, for feature="pass_rate", each problem's (right, rollouts) counts over
+    the run (`state_dict`, so a resumed run bins as the uninterrupted one)."""
 
     def __init__(self, cfg: ExposureConfig) -> None:
-        super().__init__(cfg.reveal_ratio)
-        self.feature, self.binning = cfg.feature, cfg.feature_binning
-        self.edges, self.by_bin = list(cfg.feature_thresholds), list(cfg.feature_ratios)
-        self.needs_full_divergence = cfg.feature == "divergence"
+        self.feature, self.binning, self.edges = cfg.feature, cfg.feature_binning, list(cfg.feature_thresholds)
+        self.count = len(self.edges) + 1
         self.outcomes: dict[str, list[int]] = {}  # problem id → [right rollouts, rollouts]
-        self._last: tuple[int, ExposureChoice, list[int | None], float | None] | None = None
 
     def feature_values(self, contexts: Sequence[ExampleContext]) -> list[float | None]:
         """Each example's feature (None when unknown); pass_rate folds this step's rollouts into the
@@ -87,12 +79,33 @@ class ByFeatureExposure(FixedExposure):
                 placed[i] = q
         return [None if v is None else bisect.bisect_right(self.edges, v) for v in placed]
 
+    def state_dict(self) -> dict:
+        return {"outcomes": {pid: list(c) for pid, c in self.outcomes.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.outcomes = {pid: [int(c[0]), int(c[1])] for pid, c in state.get("outcomes", {}).items()}
+
+
+class ByFeatureExposure(FixedExposure):
+    """α = feature_ratios[bin of the example's feature]; see the module docstring. Logs one "assignment"
+    record per step: the feature's mean over the batch, the share of the batch in each bin and the mean α.
+    """
+
+    kind = "by_feature"
+
+    def __init__(self, cfg: ExposureConfig) -> None:
+        super().__init__(cfg.reveal_ratio)
+        self.feature, self.by_bin = cfg.feature, list(cfg.feature_ratios)
+        self.binner = FeatureBins(cfg)
+        self.needs_full_divergence = cfg.feature == "divergence"
+        self._last: tuple[int, ExposureChoice, list[int | None], float | None] | None = None
+
     def decide(self, step: int, contexts: Sequence[ExampleContext]) -> ExposureChoice:
         self.ratio_for_step(step)
         if self._last is not None and self._last[0] == step:
             return self._last[1]  # a repeated call for the same step counts no outcome twice
-        values = self.feature_values(contexts)
-        bins = self.bins(values)
+        values = self.binner.feature_values(contexts)
+        bins = self.binner.bins(values)
         choice = ExposureChoice([self.reveal_ratio if b is None else self.by_bin[b] for b in bins])
         known = [v for v in values if v is not None]
         self._last = (step, choice, bins, sum(known) / len(known) if known else None)
@@ -109,9 +122,9 @@ class ByFeatureExposure(FixedExposure):
         return records
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "outcomes": {pid: list(c) for pid, c in self.outcomes.items()}}
+        return {**super().state_dict(), **self.binner.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.outcomes = {pid: [int(c[0]), int(c[1])] for pid, c in state.get("outcomes", {}).items()}
+        self.binner.load_state_dict(state)
         self._last = None

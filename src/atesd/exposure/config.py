@@ -104,8 +104,10 @@ class ExposureConfig:
     # "global": one α per hold window for the whole batch (paper). "per_example" (ours): a
     # contextual policy draws one α per example from per-example features (difficulty, whether
     # the rollout was right, its confidence and length); "per_difficulty" (ours): one Beta per
-    # difficulty level, each example's α drawn from its level's. Both need reward="counterfactual".
-    granularity: Literal["global", "per_example", "per_difficulty"] = "global"
+    # difficulty level, each example's α drawn from its level's; "per_feature" (ours, label-free):
+    # one Beta per bin of `feature` (binned by feature_binning and feature_thresholds as for
+    # policy="by_feature"), each example's α drawn from its bin's. All need reward="counterfactual".
+    granularity: Literal["global", "per_example", "per_difficulty", "per_feature"] = "global"
     # granularity="per_difficulty": levels 1 … difficulty_levels get a Beta each (higher levels share
     # the last one; examples without a label get one more).
     difficulty_levels: int = 5
@@ -114,6 +116,10 @@ class ExposureConfig:
     # along the unit probe direction.
     credit_examples: int = 8
     credit_step: float = 1e-2
+    # reward="counterfactual": how the directional derivative c_i(α) is computed
+    # (`atesd.exposure.credit`): "forward_mode" (exact, one forward-mode pass of the student; any
+    # dtype, LoRA) or "central_difference" (two forwards at θ ± ε·û; float32 weights only).
+    credit_derivative: Literal["forward_mode", "central_difference"] = "forward_mode"
     # reward="counterfactual": the probe direction (a forward and backward on the probe set) is
     # recomputed every this many steps and reused in between.
     credit_refresh_steps: int = 4
@@ -238,11 +244,12 @@ class ExposureConfig:
 
 
 def _check_bins(cfg: ExposureConfig) -> None:
-    """policy="by_feature": ascending finite edges, one ratio in [0, 1] per bin, quantile edges in (0, 1)."""
+    """policy="by_feature" and granularity="per_feature": ascending finite edges, quantile edges in (0, 1);
+    policy="by_feature": one ratio in [0, 1] per bin."""
     edges, ratios = cfg.feature_thresholds, cfg.feature_ratios
     if not all(isinstance(e, (int, float)) and math.isfinite(e) for e in edges) or list(edges) != sorted(edges):
         raise ValueError(f"exposure.feature_thresholds must be ascending finite numbers, got {edges}")
-    if len(ratios) != len(edges) + 1 or not all(0.0 <= r <= 1.0 for r in ratios):
+    if cfg.policy == "by_feature" and (len(ratios) != len(edges) + 1 or not all(0.0 <= r <= 1.0 for r in ratios)):
         raise ValueError(f"exposure.feature_ratios needs {len(edges) + 1} ratios in [0, 1] (one per bin of the "
                          f"{len(edges)} feature_thresholds), got {ratios}")
     if cfg.feature_binning == "batch_quantile" and not all(0.0 < e < 1.0 for e in edges):

@@ -12,21 +12,34 @@ on the same θ_t and the same rollouts differ only by α: c_i(α) − c_i(α′)
 batch-to-batch noise that swamps the lookahead rewards (docs/algorithm.md, "Why the controller
 did not learn").
 
-Limits: the central difference needs float32 weights (bf16 losses would drown it in rounding),
-and the perturbation is applied to the whole local parameters, so a sharded policy (FSDP,
-ZeRO-3) is refused by the loop.
+How c_i(α) is computed (exposure.credit_derivative):
+  "central_difference": the difference quotient above, two perturbed student forwards. It needs
+    float32 weights: in bfloat16 the ±εû step and the loss difference drown in rounding.
+  "forward_mode" (any dtype, LoRA): exact to the forward's rounding, by the chain rule through the
+    final hidden states h (the head's input) and the head's weight W:
+        c_i(α) = ⟨∂L_i(α)/∂h, ḣ⟩ + ⟨∂L_i(α)/∂W, Ẇ⟩,   ḣ = (∂h/∂θ)·û,   Ẇ = û's entry for W (0 if frozen)
+    ḣ is one forward-mode pass (torch.autograd.forward_ad) of the student with û as the parameters'
+    tangent, shared by every ratio; ∂L_i/∂h and ∂L_i/∂W come from the divergence's own backward on
+    the detached h (in float32), one per ratio for all rollouts (the chunked head only, no model
+    backward). No difference of two nearly equal losses is ever taken, so bfloat16 weights lose no
+    more than the forward's own relative rounding.
+Both perturb or differentiate the whole local parameters, so a sharded policy (FSDP, ZeRO-3) is
+refused by the loop.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.autograd.forward_ad as forward_ad
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from atesd.divergence_chunked import chunked_divergence
 from atesd.prompts import reference_completion, student_prompt
-from atesd.scoring import SequenceBatch, build_sequences, completion_hidden, text_ids, token_logprobs
+from atesd.scoring import SequenceBatch, build_sequences, completion_hidden, final_norm, text_ids, token_logprobs
 
 
 @dataclass(frozen=True)
@@ -60,8 +73,13 @@ class ProbeCredit:
     """
 
     def __init__(self, probe: Sequence, tokenizer, prompts, loss_cfg, step: float, kind: str = "reference",
-                 samples: int = 4, max_new_tokens: int = 128, refresh_every: int = 1):
+                 samples: int = 4, max_new_tokens: int = 128, refresh_every: int = 1,
+                 derivative: str = "central_difference"):
+        if derivative not in ("central_difference", "forward_mode"):
+            raise ValueError(f"exposure.credit_derivative must be 'central_difference' or 'forward_mode', got "
+                             f"{derivative!r}")
         self.loss_cfg, self.step, self.pad_id, self.kind = loss_cfg, step, tokenizer.pad_token_id, kind
+        self.derivative = derivative
         self.tokenizer, self.probe, self.samples, self.max_new_tokens = tokenizer, list(probe), samples, max_new_tokens
         self.refresh_every, self._cached = refresh_every, None
         self.probe_prompts = [student_prompt(tokenizer, p.problem, prompts) for p in probe]
@@ -139,16 +157,11 @@ class ProbeCredit:
     def measure(self, model, teacher, student: SequenceBatch, teacher_views: Sequence[SequenceBatch],
                 direction: list[torch.Tensor]) -> torch.Tensor:
         """[arms, B]: c_i for each teacher view (one per ratio arm) of the B rollouts in `student`."""
+        if self.derivative == "forward_mode":
+            return self._measure_forward_mode(model, teacher, student, teacher_views, direction)
         cfg = self.loss_cfg
         head = model.get_output_embeddings()
-        with teacher.context(model):
-            teacher_model = teacher.model(model)
-            teacher_hidden = [completion_hidden(teacher_model, view) for view in teacher_views]
-            teacher_head = teacher_model.get_output_embeddings().weight.detach().clone()
-        keep = torch.ones_like(student.target_ids, dtype=torch.bool)
-        if cfg.skip_first_tokens:
-            first = torch.cat([torch.arange(n, device=keep.device) for n in student.completion_lengths])
-            keep = first >= cfg.skip_first_tokens
+        teacher_hidden, teacher_head, keep = self._teacher_side(model, teacher, student, teacher_views)
         counts = keep.float().new_zeros(len(student.completion_lengths)).index_add_(
             0, student.token_rollout, keep.float()).clamp(min=1)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -173,3 +186,91 @@ class ProbeCredit:
             for param, origin in zip(params, saved):
                 param.copy_(origin)
         return ((losses[0] - losses[1]) / (2 * self.step)).float()
+
+    def _teacher_side(self, model, teacher, student: SequenceBatch, teacher_views: Sequence[SequenceBatch]):
+        """The teacher's hidden states of each view on θ_t (held fixed), its head, and the token mask."""
+        with teacher.context(model):
+            teacher_model = teacher.model(model)
+            teacher_hidden = [completion_hidden(teacher_model, view) for view in teacher_views]
+            teacher_head = teacher_model.get_output_embeddings().weight.detach().clone()
+        keep = torch.ones_like(student.target_ids, dtype=torch.bool)
+        if self.loss_cfg.skip_first_tokens:
+            first = torch.cat([torch.arange(n, device=keep.device) for n in student.completion_lengths])
+            keep = first >= self.loss_cfg.skip_first_tokens
+        return teacher_hidden, teacher_head, keep
+
+    def _measure_forward_mode(self, model, teacher, student: SequenceBatch, teacher_views: Sequence[SequenceBatch],
+                              direction: list[torch.Tensor]) -> torch.Tensor:
+        """c_i(α) = ⟨∂L_i/∂h, ḣ⟩ + ⟨∂L_i/∂W, Ẇ⟩ (module docstring), per view and rollout, in float32 from
+        the forward's h and ḣ: one divergence backward per view for all rollouts. The head term rides on
+        the same backward: with x = [h, 0] and the head [W, Ẇ] the logits are unchanged and the
+        gradient's second half is ∂L/∂z·Ẇ, so c_r = ⟨g_r[:H], ḣ_r⟩ + ⟨g_r[H:], h_r⟩ for every token r."""
+        cfg = self.loss_cfg
+        teacher_hidden, teacher_head, keep = self._teacher_side(model, teacher, student, teacher_views)
+        hidden, tangent = hidden_tangent(model, student, direction)
+        hidden, tangent = hidden.float(), tangent.float()
+        head = model.get_output_embeddings().weight
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        head_tangent = next((d for p, d in zip(trainable, direction) if p is head), None)
+        weight, teacher_weight = head.detach().float(), teacher_head.float()
+        if head_tangent is not None:
+            weight = torch.cat([weight, head_tangent.float()], dim=1)
+            teacher_weight = torch.cat([teacher_weight, torch.zeros_like(teacher_weight)], dim=1)
+        counts = keep.float().new_zeros(len(student.completion_lengths)).index_add_(
+            0, student.token_rollout, keep.float()).clamp(min=1)
+        per_token = (1.0 / counts).index_select(0, student.token_rollout)  # L_i is a mean over its tokens
+        values = []
+        for t_hidden in teacher_hidden:
+            t_hidden = t_hidden.float()
+            x = hidden if head_tangent is None else torch.cat([hidden, torch.zeros_like(hidden)], dim=1)
+            if head_tangent is not None:
+                t_hidden = torch.cat([t_hidden, torch.zeros_like(t_hidden)], dim=1)
+            x = x.detach().requires_grad_(True)
+            with torch.enable_grad():
+                out = chunked_divergence(x, t_hidden, weight, kind=cfg.divergence, jsd_beta=cfg.jsd_beta,
+                                         token_clip=cfg.token_clip, temperature=cfg.temperature, top_k=cfg.top_k,
+                                         mask=keep, chunk_size=cfg.chunk_size, teacher_lm_head_weight=teacher_weight)
+                (grad,) = torch.autograd.grad((out.divergence * per_token).sum(), [x])
+            grad = grad.double()
+            by_token = (grad[:, :hidden.shape[1]] * tangent.double()).sum(1)
+            if head_tangent is not None:
+                by_token = by_token + (grad[:, hidden.shape[1]:] * hidden.double()).sum(1)
+            values.append(by_token.new_zeros(len(counts)).index_add_(0, student.token_rollout, by_token))
+        return torch.stack(values).float()
+
+
+@contextmanager
+def _no_checkpointing(model):
+    """Gradient checkpointing off for a forward that builds no graph (it would wrap the layers in a
+    checkpoint, which forward-mode AD does not go through); restored after."""
+    switched = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    for m in switched:
+        m.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for m in switched:
+            m.gradient_checkpointing = True
+
+
+@torch.no_grad()
+def hidden_tangent(model, batch: SequenceBatch, direction: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """h and ḣ = (∂h/∂θ)·û at the positions predicting completion tokens ([N, H] each): one forward of
+    `model` (unwrapped) whose trainable parameters carry û as their forward-mode tangent. Attention
+    runs in the math kernel (the fused kernels have no forward-mode derivative)."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    captured: list[torch.Tensor] = []
+    with forward_ad.dual_level(), sdpa_kernel(SDPBackend.MATH), _no_checkpointing(model):
+        duals = {name: forward_ad.make_dual(p.detach(), d.to(p.dtype)) for (name, p), d in zip(named, direction)}
+        hook = final_norm(model).register_forward_hook(lambda module, inputs, output: captured.append(output))
+        try:
+            torch.func.functional_call(model, duals, (), {
+                "input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+                "position_ids": batch.position_ids, "logits_to_keep": 1, "use_cache": False}, strict=False)
+        finally:
+            hook.remove()
+        primal, tangent = forward_ad.unpack_dual(captured[0])
+        if tangent is None:  # no trainable parameter reaches h
+            tangent = torch.zeros_like(primal)
+        flat = lambda t: t.reshape(-1, t.shape[-1]).index_select(0, batch.target_index)
+        return flat(primal), flat(tangent)

@@ -23,6 +23,12 @@ Beta(initial_beta_a, initial_beta_b) (default Beta(2, 2)), and a level's Beta mo
 own examples' paired credit. The ATESD paper's fixed-exposure sweep (easy problems prefer α = 1,
 hard ones less) is the case it is built for; the toy world's first-order credit has that shape per
 level (docs/toy-world.md, section 8.4).
+
+granularity="per_feature" (ours, label-free) is the same table over the bins of a per-example feature
+that every run has when it picks α (`atesd.exposure.by_feature.FeatureBins`: whether the rollout was
+right, the problem's pass rate over its group, the rollout's confidence, the full-exposure divergence):
+row k for bin k, one more row for an example whose feature is unknown. It is the learned form of the
+by-feature oracle, as per_difficulty is of the by-difficulty one.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Sequence
 
 import torch
 
+from atesd.exposure.by_feature import FeatureBins
 from atesd.exposure.config import ExposureConfig
 from atesd.exposure.decision import ExposureChoice, StepClock
 from atesd.exposure.beta_policy import BetaPolicyNetwork, BetaTable, clipped, default_target_entropy, policy_step
@@ -55,21 +62,24 @@ def difficulty_one_hot(context: ExampleContext, levels: int) -> list[float]:
 
 
 class PerExampleExposure:
-    """granularity="per_example" or "per_difficulty": see the module docstring. Rank 0 only, like
-    LearnedExposure."""
+    """granularity="per_example", "per_difficulty" or "per_feature": see the module docstring. Rank 0 only,
+    like LearnedExposure."""
 
     kind = "learned"
     needs_probe_nll = True
     needs_grounding_score = False
     needs_credit = True
-    needs_full_divergence = False
     probe_every = 4  # the probe NLL is a state feature only
 
     def __init__(self, cfg: ExposureConfig, total_steps: int) -> None:
         self.cfg = cfg
         self.per_difficulty = cfg.granularity == "per_difficulty"
+        self.binner = FeatureBins(cfg) if cfg.granularity == "per_feature" else None
+        self.needs_full_divergence = self.binner is not None and cfg.feature == "divergence"
         if self.per_difficulty:
             self.network = BetaTable(cfg.difficulty_levels + 1, cfg.initial_beta_a, cfg.initial_beta_b)
+        elif self.binner is not None:
+            self.network = BetaTable(self.binner.count + 1, cfg.initial_beta_a, cfg.initial_beta_b)
         else:
             self.network = BetaPolicyNetwork(N_FEATURES + len(EXAMPLE_FEATURE_NAMES), cfg.hidden_size, cfg.seed,
                                              cfg.initial_beta_a, cfg.initial_beta_b)
@@ -87,8 +97,13 @@ class PerExampleExposure:
     def decide(self, step: int, contexts: Sequence[ExampleContext]):
         """The step's ratios, one per example (and the counterfactual ones)."""
         if self._clock.begin(step) or self._step is None or self._step["step"] != step:
+            bins = None
             if self.per_difficulty:
                 states = [difficulty_one_hot(c, self.cfg.difficulty_levels) for c in contexts]
+            elif self.binner is not None:
+                bins = self.binner.bins(self.binner.feature_values(contexts))
+                rows = [self.binner.count if b is None else b for b in bins]
+                states = [[1.0 if k == row else 0.0 for k in range(self.binner.count + 1)] for row in rows]
             else:
                 shared = self.tracker.features(step)
                 states = [shared + example_features(c) for c in contexts]
@@ -97,7 +112,7 @@ class PerExampleExposure:
             rng = random.Random(f"atesd.exposure.per_example:{self.cfg.seed}:{step}")
             draws = [(rng.betavariate(a, b), rng.betavariate(a, b)) for a, b in zip(beta_a.tolist(), beta_b.tolist())]
             self._step = {"step": step, "states": states, "draws": draws, "contexts": list(contexts),
-                          "beta_mean": (beta_a / (beta_a + beta_b)).tolist()}
+                          "beta_mean": (beta_a / (beta_a + beta_b)).tolist(), "bins": bins}
         draws = self._step["draws"]
         return ExposureChoice([clipped(self.cfg, raw) for raw, _ in draws], [clipped(self.cfg, cf) for _, cf in draws])
 
@@ -156,14 +171,27 @@ class PerExampleExposure:
                 "reveal_ratio_by_difficulty": {k: sum(v) / len(v) for k, v in sorted(by_level.items())},
                 "beta_mean_by_difficulty": {k: sum(v) / len(v) for k, v in sorted(mean_by_level.items())},
                 "difficulty": [c.difficulty for c in current["contexts"]],
-                "correct": [c.correct for c in current["contexts"]]}
+                "correct": [c.correct for c in current["contexts"]],
+                **(self._by_bin(current, ratios) if current.get("bins") is not None else {})}
+
+    def _by_bin(self, current: dict, ratios: list[float]) -> dict:
+        """granularity="per_feature": mean α and Beta mean per feature bin ("unknown" for no feature)."""
+        ratio_by_bin: dict[str, list[float]] = {}
+        mean_by_bin: dict[str, list[float]] = {}
+        for b, ratio, mean in zip(current["bins"], ratios, current["beta_mean"]):
+            ratio_by_bin.setdefault("unknown" if b is None else str(b), []).append(ratio)
+            mean_by_bin.setdefault("unknown" if b is None else str(b), []).append(mean)
+        return {"feature": self.cfg.feature, "bins": current["bins"],
+                "reveal_ratio_by_bin": {k: sum(v) / len(v) for k, v in sorted(ratio_by_bin.items())},
+                "beta_mean_by_bin": {k: sum(v) / len(v) for k, v in sorted(mean_by_bin.items())}}
 
     def state_dict(self) -> dict:
         return {"kind": self.kind, "granularity": self.cfg.granularity,
                 "network": {k: v.detach().clone() for k, v in self.network.state_dict().items()},
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()),
                 "tracker": copy.deepcopy(self.tracker.state_dict()), "scale": self.scale.state_dict(),
-                "clock": self._clock.state_dict(), "updates": self.updates}
+                "clock": self._clock.state_dict(), "updates": self.updates,
+                "feature_bins": self.binner.state_dict() if self.binner is not None else {}}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("kind") != self.kind or state.get("granularity") != self.cfg.granularity:
@@ -174,5 +202,7 @@ class PerExampleExposure:
         self.tracker.load_state_dict(state["tracker"])
         self.scale.load_state_dict(state["scale"])
         self._clock.load_state_dict(state["clock"])
+        if self.binner is not None:
+            self.binner.load_state_dict(state.get("feature_bins", {}))
         self._step = None
         self.updates = int(state["updates"])

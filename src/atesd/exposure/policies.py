@@ -166,6 +166,6 @@ def make_exposure_policy(cfg: ExposureConfig, total_steps: int) -> ExposurePolic
         return RandomExposure(cfg)
     if cfg.policy == "schedule":
         return ScheduleExposure(cfg.schedule_start, cfg.schedule_end, total_steps)
-    if cfg.granularity in ("per_example", "per_difficulty"):
+    if cfg.granularity in ("per_example", "per_difficulty", "per_feature"):
         return PerExampleExposure(cfg, total_steps)
     return GlobalLearnedExposure(cfg, total_steps)
