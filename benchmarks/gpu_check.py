@@ -1,16 +1,18 @@
-"""GPU check on one H100/H200 in under 8 minutes, in sections, each with a time budget, each
+"""GPU check on one H100/H200 in under 9 minutes, in sections, each with a time budget, each
 written to the JSON report as it ends (a section that runs out of time, or a killed check, still
 leaves every finished section in the file).
 
     bash benchmarks/gpu_check.sh --json results.json   # the wrapper: no install, system python
     python benchmarks/gpu_check.py --cpu --tiny         # every section on CPU at tiny sizes (~3 min)
 
-Sections (each runs in its own process, killed at its budget; the total stays under 450 s):
+Sections (each runs in its own process, killed at its budget; the total stays under 540 s):
   environment  (40 s)   versions, device, driver, torch features atesd needs, every atesd module
                         imported (benchmarks/gpu_check_env.py); runs without a GPU too.
   divergence   (50 s)   (a) below, bf16 against float32, at the loss's automatic chunk.
   recipe_step (200 s)   two steps of configs/qwen3-1.7b-atesd.yaml on a random Qwen3-1.7B-shaped
                         model, full vocabulary, LoRA r 64, bf16 (benchmarks/gpu_check_recipe.py).
+  label_free_step (100 s) one step of configs/qwen3-1.7b-atesd-per-feature.yaml on that model: the
+                        forward-mode paired credit in bf16 with LoRA (benchmarks/gpu_check_recipe.py).
   training     (80 s)   (b), (c) below on a ~100M model; (e), (f) when vLLM imports.
   sharded      (70 s)   (d): FSDP2 (and ZeRO-3 with DeepSpeed) through configs/accelerate/.
 Without a CUDA device (and without --cpu) only "environment" runs; the others are reported skipped.
@@ -114,11 +116,12 @@ def _sections() -> dict:
     import gpu_check_recipe
 
     return {"environment": (gpu_check_env.environment, 40, False), "divergence": (divergence_section, 50, True),
-            "recipe_step": (gpu_check_recipe.recipe_step, 200, True), "training": (training_section, 80, True),
+            "recipe_step": (gpu_check_recipe.recipe_step, 200, True),
+            "label_free_step": (gpu_check_recipe.label_free_step, 100, True), "training": (training_section, 80, True),
             "sharded": (sharded_section, 70, True)}
 
 
-TOTAL_BUDGET_S = 450
+TOTAL_BUDGET_S = 540
 
 
 # ---------------------------------------------------------------- report
@@ -170,7 +173,8 @@ def section_markdown(name: str, entry: dict) -> str:
         return "\n".join([head, "", str(entry.get("reason", ""))[-2000:], ""])
     result = entry["result"]
     body = {"environment": gpu_check_env.markdown, "divergence": _divergence_lines,
-            "recipe_step": gpu_check_recipe.markdown, "training": _training_lines,
+            "recipe_step": gpu_check_recipe.markdown, "label_free_step": gpu_check_recipe.markdown,
+            "training": _training_lines,
             "sharded": lambda r: gpu_check_scale.sharded_markdown(r["runs"])}[name](result)
     failures = entry.get("failures") or []
     return "\n".join([head, "", *body, "", "Failures: " + ("; ".join(failures) if failures else "none"), ""])

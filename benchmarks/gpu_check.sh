@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check on one H100/H200 in under 8 minutes, without installing anything (benchmarks/gpu_check.py
+# GPU check on one H100/H200 in under 9 minutes, without installing anything (benchmarks/gpu_check.py
 # lists its sections, their time budgets and what each measures). It runs with the machine's own
 # Python and torch ($PYTHON, default python3) and the repository's source (PYTHONPATH=src): no make,
 # no pip, no network. The pure-Python packages atesd needs that such a machine may lack (omegaconf,
@@ -14,8 +14,8 @@
 #   bash benchmarks/gpu_check.sh --install ...               # instead: the Makefile's venv ($VENV), as before
 #
 # On a borrowed GPU machine without network, carry .gpu-wheels/ with the tree (it is ignored by git)
-# and run `bash benchmarks/gpu_check.sh --json "$OUT/gpu_check.json"` (under 8 minutes; let the
-# command's own limit be ~9 minutes); commit the JSON it returns (e.g. benchmarks/gpu_results/).
+# and run `bash benchmarks/gpu_check.sh --json "$OUT/gpu_check.json"` (under 9 minutes; let the
+# command's own limit be ~10 minutes); commit the JSON it returns (e.g. benchmarks/gpu_results/).
 #
 # The report (JSON) is rewritten after every section, so a check cut short still leaves what
 # finished. Without a CUDA device only the environment section runs (~30 s) and the script exits 0

@@ -1,6 +1,7 @@
-"""The GPU check's recipe section: two ATESD steps on the path configs/qwen3-1.7b-atesd.yaml takes.
+"""The GPU check's recipe sections: two ATESD steps on the path configs/qwen3-1.7b-atesd.yaml takes
+("recipe_step"), one step of configs/qwen3-1.7b-atesd-per-feature.yaml ("label_free_step").
 
-Part of benchmarks/gpu_check.py (section "recipe_step"). `atesd.train.train` runs the recipe file
+Part of benchmarks/gpu_check.py. `atesd.train.train` runs the recipe file
 itself with a few overrides: a random-weight model of Qwen3-1.7B's shape (hidden 2048, 28 layers,
 16 heads, 8 KV heads, head_dim 128, MLP 6144, tied embeddings) with the full 151,936-token
 vocabulary, in bf16 under accelerate's bf16 autocast, LoRA r 64 / alpha 128 on every projection,
@@ -57,13 +58,35 @@ def build_recipe_world(directory: Path, shape: dict, device: str, n_problems: in
 
 
 def recipe_step(work: Path, device: str, tiny: bool) -> tuple[dict, list[str]]:
-    """The "recipe_step" section: (result, failures)."""
+    """The "recipe_step" section: two steps of configs/qwen3-1.7b-atesd.yaml. (result, failures)."""
+    return _recipe_steps(work, device, tiny, "qwen3-1.7b-atesd.yaml", steps=2, max_new_tokens=256)
+
+
+def label_free_step(work: Path, device: str, tiny: bool) -> tuple[dict, list[str]]:
+    """The "label_free_step" section: one step of configs/qwen3-1.7b-atesd-per-feature.yaml, whose paired
+    credit runs the student in forward mode with attention in the math kernel (bf16, LoRA); rollouts of
+    up to 128 tokens. Fails when the step is not finite or credits no rollout with a finite value."""
+    result, failures = _recipe_steps(work, device, tiny, "qwen3-1.7b-atesd-per-feature.yaml", steps=1,
+                                     max_new_tokens=128, extra=["exposure.probe_size=16"])
+    records = [json.loads(line) for line in (work / "recipe-run-qwen3-1.7b-atesd-per-feature" / "exposure.jsonl").read_text().splitlines()]
+    credits = [r for r in records if r["event"] == "credit"]
+    result["credited_rollouts"] = len(credits)
+    result["credit_s"] = [s.get("credit_s") for s in result["steps"]]
+    finite = [r for r in credits if all(abs(r[k]) < float("inf") for k in ("chosen_credit", "counterfactual_credit"))]
+    if not credits or len(finite) != len(credits):
+        failures.append(f"label-free step: {len(credits)} credited rollouts, {len(finite)} with finite credit")
+    return result, failures
+
+
+def _recipe_steps(work: Path, device: str, tiny: bool, config_name: str, steps: int, max_new_tokens: int,
+                  extra: list[str] = ()) -> tuple[dict, list[str]]:
+    """`steps` steps of configs/<config_name> on the random Qwen3-1.7B-shaped world. (result, failures)."""
     import torch
 
     from atesd.config import load_config
     from atesd.train import train
 
-    shape, max_new_tokens = (TINY, 16) if tiny else (QWEN3_1_7B, 256)
+    shape, max_new_tokens = (TINY, 16) if tiny else (QWEN3_1_7B, max_new_tokens)
     started = time.perf_counter()
     model_dir, train_file, params = build_recipe_world(work, shape, device)
     build_s = time.perf_counter() - started
@@ -71,29 +94,29 @@ def recipe_step(work: Path, device: str, tiny: bool) -> tuple[dict, list[str]]:
         os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16"  # what the recipe's accelerate launch sets
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    out_dir = work / "recipe-run"
+    out_dir = work / f"recipe-run-{Path(config_name).stem}"
     overrides = [f"model.name_or_path={model_dir}", f"data.train={train_file}", "data.split=null",
-                 f"rollout.max_new_tokens={max_new_tokens}", "steps=2", "prompts_per_step=4", "save_every=1000",
-                 f"output_dir={out_dir}", "progress=false"]
-    cfg = load_config(REPO / "configs" / "qwen3-1.7b-atesd.yaml", overrides)
+                 f"rollout.max_new_tokens={max_new_tokens}", f"steps={steps}", "prompts_per_step=4", "save_every=1000",
+                 f"output_dir={out_dir}", "progress=false", *extra]
+    cfg = load_config(REPO / "configs" / config_name, overrides)
     started = time.perf_counter()
     train(cfg)
     wall = time.perf_counter() - started
     metrics = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     phases = ("sample", "decide", "views", "probe", "loss", "update")
     result = {
-        "params": params, "vocab": shape["vocab_size"], "lora_rank": cfg.model.lora.rank,
+        "config": config_name, "params": params, "vocab": shape["vocab_size"], "lora_rank": cfg.model.lora.rank,
         "probe_size": cfg.exposure.probe_size, "chunk_size": "auto (loss.chunk_size null)",
         "max_new_tokens": max_new_tokens, "prompts_per_step": cfg.prompts_per_step,
         "build_s": build_s, "train_wall_s": wall,
         "steps": [{"step": m["step"], "step_s": m["timing/step_s"],
-                   **{f"{phase}_s": m.get(f"timing/{phase}_s") for phase in phases},
+                   **{f"{phase}_s": m.get(f"timing/{phase}_s") for phase in (*phases, "credit")},
                    "completion_tokens": m.get("rollout/tokens"), "loss": m["train/loss"],
                    "device_used_gib": m.get("memory/device_used_gib")} for m in metrics],
         "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
         "all_finite": all(not m.get("train/skipped", False) for m in metrics),
     }
-    failures = [] if result["all_finite"] and len(metrics) == 2 else [
+    failures = [] if result["all_finite"] and len(metrics) == steps else [
         f"recipe step: {len(metrics)} steps logged, all finite: {result['all_finite']}"]
     return result, failures
 
@@ -110,4 +133,7 @@ def markdown(result: dict) -> list[str]:
                               ("step_s", "sample_s", "decide_s", "views_s", "probe_s", "loss_s", "update_s")),
                  s["completion_tokens"], f"{s['loss']:.4f}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    if "credited_rollouts" in result:
+        lines += ["", f"{result['config']}: {result['credited_rollouts']} rollouts credited (forward mode), credit "
+                      f"seconds per step: {', '.join('n/a' if c is None else f'{c:.2f}' for c in result['credit_s'])}"]
     return lines

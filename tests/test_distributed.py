@@ -246,15 +246,23 @@ def test_a_launcher_accumulation_setting_that_overrides_the_config_is_refused(mo
         make_accelerator(cfg, str(tmp_path))
 
 
-def test_label_free_learned_exposure_trains_a_bf16_lora_model_on_two_processes(config, tmp_path):
-    """The label-free controller (one Beta per bin of `correct`) with its forward-mode paired credit, on a
-    bfloat16 LoRA model under DDP: every step credits rollouts of both processes with finite, nonzero
-    values, the table updates once per step, and both processes train with the same ratios."""
+def recipe_exposure(name: str, **changes) -> list[str]:
+    """The exposure section of configs/<name> as overrides, with `changes` (a tiny run's sizes)."""
+    from omegaconf import OmegaConf
+
+    section = {**OmegaConf.to_container(OmegaConf.load(REPO / "configs" / name))["exposure"], **changes}
+    return [f"exposure.{key}={json.dumps(value) if isinstance(value, list) else value}" for key, value in section.items()]
+
+
+def test_label_free_recipe_controller_trains_a_bf16_lora_model_on_two_processes(config, tmp_path):
+    """configs/qwen3-1.7b-atesd-per-feature.yaml's controller (one Beta per bin of `correct`, forward-mode
+    paired credit) on a bfloat16 LoRA model under DDP: every step credits rollouts of both processes with
+    finite, nonzero values, the table updates once per step, and both processes train with the same ratios."""
     out = tmp_path / "bf16-lora"
-    run = launch(config, out, "ddp", [*LORA, "model.dtype=bfloat16", "exposure.reward=counterfactual",
-                                      "exposure.granularity=per_feature", "exposure.feature=correct",
-                                      "exposure.credit_derivative=forward_mode", "exposure.credit_examples=4",
-                                      "exposure.credit_refresh_steps=1"])
+    exposure = recipe_exposure("qwen3-1.7b-atesd-per-feature.yaml", probe_size=4, credit_examples=4,
+                               credit_refresh_steps=1)
+    assert "exposure.granularity=per_feature" in exposure and "exposure.credit_derivative=forward_mode" in exposure
+    run = launch(config, out, "ddp", [*LORA, "model.dtype=bfloat16", *exposure])
     assert run["num_processes"] == 2
     assert json.loads((out / "rank1.json").read_text())["ratios"] == run["ratios"]
     records = [json.loads(line) for line in (out / "run" / "exposure.jsonl").read_text().splitlines()]

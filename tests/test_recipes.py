@@ -109,3 +109,16 @@ def test_atesd_header_states_the_controllers_update_count_and_what_the_toy_shows
     updates = recipe["steps"] // (recipe["exposure.hold_steps"] * recipe["exposure.decisions_per_update"])
     header = (CONFIGS / f"qwen3-{size}-atesd.yaml").read_text()
     assert f"{updates} updates" in header and "random exposure" in header
+
+
+def test_label_free_recipe_is_the_opsd_recipe_plus_the_per_feature_controller_in_forward_mode():
+    opsd = _recipe("1.7b", "opsd")
+    label_free = _flat(load_config(CONFIGS / "qwen3-1.7b-atesd-per-feature.yaml"))
+    changed = _differences(opsd, label_free)
+    assert changed.pop("output_dir") == ("runs/qwen3-1.7b-opsd", "runs/qwen3-1.7b-atesd-per-feature")
+    assert all(key.startswith("exposure.") for key in changed)
+    assert label_free["model.dtype"] == "bfloat16" and label_free["model.lora.enabled"]
+    assert (label_free["exposure.granularity"], label_free["exposure.reward"], label_free["exposure.credit_derivative"],
+            label_free["exposure.feature"]) == ("per_feature", "counterfactual", "forward_mode", "correct")
+    header = (CONFIGS / "qwen3-1.7b-atesd-per-feature.yaml").read_text().split("\nbase:")[0]
+    assert "accelerate launch" in header and "Hardware:" in header and "Expected time:" in header

@@ -32,12 +32,12 @@ def test_no_gpu_runs_the_environment_section_skips_the_rest_and_exits_0(tmp_path
     assert time.perf_counter() - started < 120
     assert not list(tmp_path.glob("called-*"))  # neither make nor pip
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["skipped"] == ["divergence", "recipe_step", "training", "sharded"]
+    assert report["skipped"] == ["divergence", "recipe_step", "label_free_step", "training", "sharded"]
     environment = report["sections"]["environment"]
     assert environment["status"] == "ok" and environment["failures"] == []
     assert environment["result"]["torch_in_range"] and environment["result"]["needs_newer_torch"] == []
     assert environment["result"]["atesd_imports"]["failed"] == {}
-    assert "skipped: divergence, recipe_step, training, sharded" in proc.stdout
+    assert "skipped: divergence, recipe_step, label_free_step, training, sharded" in proc.stdout
 
 
 def test_a_section_past_its_budget_is_killed_and_the_finished_ones_stay_in_the_report(tmp_path):
