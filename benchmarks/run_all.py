@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_report import command_line, machine, machine_line, progress, table, write_results  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("divergence_memory", "step_time", "flops", "trl_step")
+BENCHMARKS = ("divergence_memory", "step_time", "credit_cost", "flops", "trl_step")
 OPTIONAL = {"trl_step": "trl"}  # benchmark → module it needs; skipped where that import fails
 
 
@@ -78,6 +78,10 @@ def headline(results: dict) -> list[list]:
     if step and "error" not in step:
         rows.append(["step time ATESD / OPSD", f"{step['ratio_atesd_over_opsd']:.3f}×",
                      f"≤ {step['goal_ratio']:.2f}×"])
+    credit = results.get("credit_cost")
+    if credit and "error" not in credit:
+        rows.append(["paired credit, forward mode / central difference (same derivative)",
+                     f"{credit['forward_over_central']:.2f}×", "—"])
     trl_step = results.get("trl_step")
     if trl_step and "error" not in trl_step and "skipped" not in trl_step:
         rows.append(["full OPSD step, atesd / TRL SDFTTrainer steps/s (slowest case)",
