@@ -226,6 +226,10 @@ def test_final_beta_mean_takes_each_levels_last_logged_value(tmp_path):
                {"event": "decision", "decision_step": 1, "beta_mean": 0.75, "beta_mean_by_difficulty": {"1": 0.9}}]
     (tmp_path / "exposure.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert final_beta_mean(tmp_path) == {"decision_step": 1, "all": 0.75, "by_difficulty": {"1": 0.9, "5": 0.6}}
+    records.append({"event": "decision", "decision_step": 2, "beta_mean": 0.6, "beta_mean_by_difficulty": {"1": 0.8},
+                    "beta_mean_by_bin": {"0": 0.4, "1": 0.85}})  # per feature: each bin's Beta too
+    (tmp_path / "exposure.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert final_beta_mean(tmp_path)["by_bin"] == {"0": 0.4, "1": 0.85}
     (tmp_path / "exposure.jsonl").write_text(json.dumps({"event": "decision", "decision_step": 0, "reveal_ratio": 1.0}))
     assert final_beta_mean(tmp_path) is None  # a fixed exposure logs no Beta
 

@@ -276,15 +276,19 @@ def beta_mean_by_level(decisions: list[dict]) -> dict[str, Series]:
 
 def final_beta_mean(run_dir: str | Path) -> dict | None:
     """The learned controller's Beta mean E[α] = a / (a + b) at the run's last decision ("all") and,
-    for per-example and per-difficulty policies, each level's last logged value ("by_difficulty");
-    None for a run without a learned controller (no Beta in exposure.jsonl)."""
+    for per-example, per-difficulty and per-feature policies, each level's last logged value
+    ("by_difficulty"; per feature: the mean over that level's rollouts of their bins' Betas) and, per
+    feature, each bin's ("by_bin"); None for a run without a learned controller (no Beta in
+    exposure.jsonl)."""
     if not (Path(run_dir) / "exposure.jsonl").is_file():
         return None
     learned = [d for d in load_run(run_dir).decisions if d.get("beta_mean") is not None]
     if not learned:
         return None
     by_level = {level: ys[-1] for level, (_, ys) in beta_mean_by_level(learned).items()}
-    return {"decision_step": learned[-1]["decision_step"], "all": learned[-1]["beta_mean"], "by_difficulty": by_level}
+    by_bin = learned[-1].get("beta_mean_by_bin")  # granularity="per_feature": each feature bin's Beta
+    return {"decision_step": learned[-1]["decision_step"], "all": learned[-1]["beta_mean"], "by_difficulty": by_level,
+            **({"by_bin": by_bin} if by_bin else {})}
 
 
 def plot_reveal_ratio(logs: RunLogs, path: Path, window: int = 50) -> Path | None:
