@@ -37,7 +37,7 @@ def test_method_table_has_every_method_once():
     names = [m.name for m in METHODS]
     assert names == ["base", "sft", "grpo", "grpo-16x8", "grpo-16x8-lr1e-5", "opsd", "fixed-0", "fixed-0.25", "fixed-0.5", "fixed-0.75", "random",
                      "schedule", "schedule-down", "by-difficulty-easy-full", "by-difficulty-hard-full", "by-correct",
-                     "by-pass-rate", "opsd-g4", "by-confidence", "by-divergence", "atesd", "atesd-per-example",
+                     "by-pass-rate", "opsd-g4", "by-confidence", "by-divergence", "by-random", "atesd", "atesd-per-example",
                      "atesd-per-difficulty", "atesd-per-difficulty-paper-start",
                      "atesd-per-difficulty-floor", "atesd-per-difficulty-beta22", "atesd-per-feature", "atesd-slow", "atesd-paper-exact", "atesd-paper", "atesd-discounted",
                      "atesd-one-step", "atesd-no-gt"]

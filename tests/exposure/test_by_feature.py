@@ -95,3 +95,20 @@ def test_pass_rate_counts_survive_a_checkpoint_round_trip():
 def test_bad_bins_are_refused_with_the_field_named(fields, message):
     with pytest.raises(ValueError, match=message):
         ExposureConfig(policy="by_feature", **fields)
+
+
+def test_random_feature_bins_a_share_of_the_rollouts_by_chance_and_resumes_the_same_draws():
+    cfg = ExposureConfig(policy="by_feature", feature="random", feature_thresholds=[0.4], feature_ratios=[0.5, 1.0],
+                         seed=3)
+    contexts = [ExampleContext(difficulty=None, correct=i % 2 == 0, self_confidence=-0.1, length_fraction=0.2)
+                for i in range(200)]
+    policy = make_exposure_policy(cfg, 10)
+    first = policy.decide(0, contexts).ratios
+    assert 0.3 < first.count(0.5) / 200 < 0.5  # about 40 % at α = 0.5, whatever the rollouts
+    policy.observe(0, SIGNALS)
+    assert policy.decide(1, contexts).ratios != first  # new draws every step
+    policy.observe(1, SIGNALS)
+    resumed = make_exposure_policy(cfg, 10)
+    resumed.load_state_dict(policy.state_dict())
+    assert resumed.decide(2, contexts).ratios == policy.decide(2, contexts).ratios
+    assert make_exposure_policy(cfg, 10).decide(0, contexts).ratios == first  # the same seed draws the same

@@ -65,6 +65,9 @@ METHODS: tuple[Method, ...] = (
     Method("by-divergence", "toy-opsd.yaml", ("exposure.policy=by_feature", "exposure.feature=divergence",
                                               "exposure.feature_binning=batch_quantile",
                                               "exposure.feature_thresholds=[0.6]", "exposure.feature_ratios=[1,0.5]")),
+    # their control: a random 40 % of the rollouts at α = 0.5 (the share by-confidence and by-divergence give 0.5)
+    Method("by-random", "toy-opsd.yaml", ("exposure.policy=by_feature", "exposure.feature=random",
+                                          "exposure.feature_thresholds=[0.4]", "exposure.feature_ratios=[0.5,1]")),
     Method("atesd", "toy-atesd.yaml"),  # paired counterfactual credit, one global α per step
     Method("atesd-per-example", "toy-atesd.yaml", ("exposure.granularity=per_example", "exposure.policy_lr=3e-3")),
     # one learned Beta per level, started at Beta(6, 1.2), α·m rounded to the nearest step; and its ablations

@@ -16,6 +16,8 @@ gain:
                  the paper's batch self-confidence
     divergence   the mean per-token training divergence D(p_T^1 ‖ p_S) of the teacher at full
                  exposure from the student on the rollout (`atesd.full_exposure`)
+    random       a uniform draw in [0, 1) per rollout (stream seeded by exposure.seed and the call's
+                 count): the control, bins that share nothing with the rollout
 
 Binning: with feature_binning="value" the feature v itself, with "batch_quantile" its mid-rank
 fraction q_i = (#{j: v_j < v_i} + ½·#{j: v_j = v_i}) / n within the step's global batch of n
@@ -27,6 +29,7 @@ divergence measured) gets reveal_ratio.
 from __future__ import annotations
 
 import bisect
+import random
 from typing import Sequence
 
 from atesd.exposure.config import ExposureConfig
@@ -52,6 +55,7 @@ class FeatureBins:
         self.feature, self.binning, self.edges = cfg.feature, cfg.feature_binning, list(cfg.feature_thresholds)
         self.count = len(self.edges) + 1
         self.outcomes: dict[str, list[int]] = {}  # problem id → [right rollouts, rollouts]
+        self.seed, self.calls = cfg.seed, 0  # feature="random": the draws' stream and its position
 
     def feature_values(self, contexts: Sequence[ExampleContext]) -> list[float | None]:
         """Each example's feature (None when unknown); pass_rate folds this step's rollouts into the
@@ -62,6 +66,10 @@ class FeatureBins:
             return [c.self_confidence for c in contexts]
         if self.feature == "divergence":
             return [c.full_exposure_divergence for c in contexts]
+        if self.feature == "random":
+            self.calls += 1
+            rng = random.Random(f"atesd.exposure.by_feature:{self.seed}:{self.calls}")
+            return [rng.random() for _ in contexts]
         for c in contexts:
             if c.problem_id is not None:
                 counts = self.outcomes.setdefault(c.problem_id, [0, 0])
@@ -80,10 +88,11 @@ class FeatureBins:
         return [None if v is None else bisect.bisect_right(self.edges, v) for v in placed]
 
     def state_dict(self) -> dict:
-        return {"outcomes": {pid: list(c) for pid, c in self.outcomes.items()}}
+        return {"outcomes": {pid: list(c) for pid, c in self.outcomes.items()}, "feature_calls": self.calls}
 
     def load_state_dict(self, state: dict) -> None:
         self.outcomes = {pid: [int(c[0]), int(c[1])] for pid, c in state.get("outcomes", {}).items()}
+        self.calls = int(state.get("feature_calls", 0))
 
 
 class ByFeatureExposure(FixedExposure):

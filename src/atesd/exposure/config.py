@@ -51,8 +51,9 @@ class ExposureConfig:
     # fraction of the problem's rollouts so far, this step's group included, that were right),
     # "confidence" (the rollout's mean token log-prob), "divergence" (the mean per-token training
     # divergence of the teacher at α = 1 from the student on the rollout: one more no-grad teacher
-    # and student forward per step).
-    feature: Literal["correct", "pass_rate", "confidence", "divergence"] = "correct"
+    # and student forward per step), "random" (a uniform draw in [0, 1) per rollout, seeded by
+    # exposure.seed: the control that bins rollouts by no property of theirs).
+    feature: Literal["correct", "pass_rate", "confidence", "divergence", "random"] = "correct"
     # policy="by_feature": "value" bins the feature itself; "batch_quantile" bins its mid-rank
     # fraction within the step's batch, in (0, 1) (e.g. 0.4: the lowest 40 %).
     feature_binning: Literal["value", "batch_quantile"] = "value"
