@@ -39,7 +39,7 @@ def test_method_table_has_every_method_once():
                      "schedule", "schedule-down", "by-difficulty-easy-full", "by-difficulty-hard-full", "by-correct",
                      "by-pass-rate", "opsd-g4", "by-confidence", "by-divergence", "by-random", "atesd", "atesd-per-example",
                      "atesd-per-difficulty", "atesd-per-difficulty-paper-start",
-                     "atesd-per-difficulty-floor", "atesd-per-difficulty-beta22", "atesd-per-feature", "atesd-slow", "atesd-paper-exact", "atesd-paper", "atesd-discounted",
+                     "atesd-per-difficulty-floor", "atesd-per-difficulty-beta22", "atesd-per-feature", "atesd-per-feature-divergence", "atesd-slow", "atesd-paper-exact", "atesd-paper", "atesd-discounted",
                      "atesd-one-step", "atesd-no-gt"]
     assert [m.name for m in METHODS if not m.trains] == ["base"]
 

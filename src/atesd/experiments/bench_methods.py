@@ -79,6 +79,9 @@ METHODS: tuple[Method, ...] = (
            ("exposure.initial_beta_a=2", "exposure.initial_beta_b=2")),
     # label-free: one learned Beta per bin of a per-example feature (whether the rollout was right), forward-mode credit
     Method("atesd-per-feature", "toy-atesd-per-feature.yaml"),
+    # the feature the rule of docs/toy-world.md 14.1 picked (by-divergence's bins): the confirmatory test's controller
+    Method("atesd-per-feature-divergence", "toy-atesd-per-feature.yaml",
+           ("exposure.feature=divergence", "exposure.feature_binning=batch_quantile", "exposure.feature_thresholds=[0.6]")),
     Method("atesd-slow", "toy-atesd.yaml", ("exposure.policy_lr=3e-3",)),  # toy-atesd.yaml's rate before 2026-11-29
     Method("atesd-paper-exact", "toy-atesd-paper.yaml"),  # the paper's controller, exactly (docs/algorithm.md)
     # toy-atesd-paper.yaml as it was before issue 25 (G_gt unscaled, over g_{t0} … g_{t0+L−1}, 7 state features),
