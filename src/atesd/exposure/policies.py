@@ -49,7 +49,8 @@ class ExposurePolicy(Protocol):
 
     Attributes tell the loop which optional signals to measure every step:
     needs_grounding_score (g_t, teacher log-prob of the withheld reference), needs_probe_nll, and
-    needs_full_divergence (each rollout's divergence at α = 1, before deciding: `by_feature`).
+    needs_full_divergence (each rollout's divergence at α = 1, before deciding: `by_feature` and the per-feature
+    controller with feature="divergence").
     """
 
     kind: str
