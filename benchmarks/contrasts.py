@@ -41,18 +41,6 @@ def contrast(bench: dict, method: str, reference: str, key: str = "test_last_ste
             "by_level": {str(lv): [points(m), points(se)] for lv, (m, se, _) in levels.items()}}
 
 
-def merged(paths: list[Path]) -> dict:
-    """One bench dict of several bench.json (a (method, seed) found twice must be the same run)."""
-    bench = json.loads(paths[0].read_text())
-    seen = {(r["method"], r["seed"]) for r in bench["results"]}
-    for path in paths[1:]:
-        for run in json.loads(path.read_text())["results"]:
-            if (run["method"], run["seed"]) not in seen:
-                bench["results"].append(run)
-                seen.add((run["method"], run["seed"]))
-    return bench
-
-
 def markdown(rows: list[dict]) -> str:
     lines = ["| contrast | pooled pairs | seed as the unit [each seed] | by level (pooled) |", "|---|---|---|---|"]
     for r in rows:
@@ -79,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         if not path.is_file():
             parser.error(f"{path}: no such bench.json")
-    bench = merged(paths)
+    from bench_merge import merge  # benchmarks/, beside this script: pools as it pools (one budget, no run twice)
+
+    results, meta = merge(paths)
+    bench = {**meta, "results": results}
     rows = [contrast(bench, method, reference, args.key) for method, reference in pairs]
     print(markdown(rows))
     if args.out:

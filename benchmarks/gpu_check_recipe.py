@@ -71,7 +71,6 @@ def label_free_step(work: Path, device: str, tiny: bool) -> tuple[dict, list[str
     records = [json.loads(line) for line in (work / "recipe-run-qwen3-1.7b-atesd-per-feature" / "exposure.jsonl").read_text().splitlines()]
     credits = [r for r in records if r["event"] == "credit"]
     result["credited_rollouts"] = len(credits)
-    result["credit_s"] = [s.get("credit_s") for s in result["steps"]]
     finite = [r for r in credits if all(abs(r[k]) < float("inf") for k in ("chosen_credit", "counterfactual_credit"))]
     if not credits or len(finite) != len(credits):
         failures.append(f"label-free step: {len(credits)} credited rollouts, {len(finite)} with finite credit")
@@ -134,6 +133,7 @@ def markdown(result: dict) -> list[str]:
                  s["completion_tokens"], f"{s['loss']:.4f}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     if "credited_rollouts" in result:
+        seconds = ", ".join("n/a" if s["credit_s"] is None else f"{s['credit_s']:.2f}" for s in result["steps"])
         lines += ["", f"{result['config']}: {result['credited_rollouts']} rollouts credited (forward mode), credit "
-                      f"seconds per step: {', '.join('n/a' if c is None else f'{c:.2f}' for c in result['credit_s'])}"]
+                      f"seconds per step: {seconds}"]
     return lines

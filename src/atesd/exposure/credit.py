@@ -219,13 +219,12 @@ class ProbeCredit:
         counts = keep.float().new_zeros(len(student.completion_lengths)).index_add_(
             0, student.token_rollout, keep.float()).clamp(min=1)
         per_token = (1.0 / counts).index_select(0, student.token_rollout)  # L_i is a mean over its tokens
+        widened = lambda t: t if head_tangent is None else torch.cat([t, torch.zeros_like(t)], dim=1)  # noqa: E731
+        student_rows = widened(hidden).detach()
         values = []
         for t_hidden in teacher_hidden:
-            t_hidden = t_hidden.float()
-            x = hidden if head_tangent is None else torch.cat([hidden, torch.zeros_like(hidden)], dim=1)
-            if head_tangent is not None:
-                t_hidden = torch.cat([t_hidden, torch.zeros_like(t_hidden)], dim=1)
-            x = x.detach().requires_grad_(True)
+            t_hidden = widened(t_hidden.float())
+            x = student_rows.clone().requires_grad_(True)
             with torch.enable_grad():
                 out = chunked_divergence(x, t_hidden, weight, kind=cfg.divergence, jsd_beta=cfg.jsd_beta,
                                          token_clip=cfg.token_clip, temperature=cfg.temperature, top_k=cfg.top_k,

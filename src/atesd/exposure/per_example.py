@@ -61,6 +61,14 @@ def difficulty_one_hot(context: ExampleContext, levels: int) -> list[float]:
     return [1.0 if k == row else 0.0 for k in range(levels + 1)]
 
 
+def _means_by(keys: Sequence[str], values: Sequence[float]) -> dict[str, float]:
+    """The mean of `values` per key, keys sorted."""
+    groups: dict[str, list[float]] = {}
+    for key, value in zip(keys, values):
+        groups.setdefault(key, []).append(value)
+    return {k: sum(v) / len(v) for k, v in sorted(groups.items())}
+
+
 class PerExampleExposure:
     """granularity="per_example", "per_difficulty" or "per_feature": see the module docstring. Rank 0 only,
     like LearnedExposure."""
@@ -159,31 +167,20 @@ class PerExampleExposure:
         return records
 
     def _decision_record(self, step: int, current: dict, ratios: list[float]) -> dict:
-        by_level: dict[str, list[float]] = {}
-        mean_by_level: dict[str, list[float]] = {}
-        for context, ratio, mean in zip(current["contexts"], ratios, current["beta_mean"]):
-            by_level.setdefault(str(context.difficulty), []).append(ratio)
-            mean_by_level.setdefault(str(context.difficulty), []).append(mean)
-        return {"event": "decision", "step": step, "decision_step": step,
-                "reveal_ratio": sum(ratios) / len(ratios), "reveal_ratios": ratios,
-                "raw_reveal_ratio": sum(raw for raw, _ in current["draws"]) / len(ratios),
-                "beta_mean": sum(current["beta_mean"]) / len(ratios),
-                "reveal_ratio_by_difficulty": {k: sum(v) / len(v) for k, v in sorted(by_level.items())},
-                "beta_mean_by_difficulty": {k: sum(v) / len(v) for k, v in sorted(mean_by_level.items())},
-                "difficulty": [c.difficulty for c in current["contexts"]],
-                "correct": [c.correct for c in current["contexts"]],
-                **(self._by_bin(current, ratios) if current.get("bins") is not None else {})}
-
-    def _by_bin(self, current: dict, ratios: list[float]) -> dict:
-        """granularity="per_feature": mean α and Beta mean per feature bin ("unknown" for no feature)."""
-        ratio_by_bin: dict[str, list[float]] = {}
-        mean_by_bin: dict[str, list[float]] = {}
-        for b, ratio, mean in zip(current["bins"], ratios, current["beta_mean"]):
-            ratio_by_bin.setdefault("unknown" if b is None else str(b), []).append(ratio)
-            mean_by_bin.setdefault("unknown" if b is None else str(b), []).append(mean)
-        return {"feature": self.cfg.feature, "bins": current["bins"],
-                "reveal_ratio_by_bin": {k: sum(v) / len(v) for k, v in sorted(ratio_by_bin.items())},
-                "beta_mean_by_bin": {k: sum(v) / len(v) for k, v in sorted(mean_by_bin.items())}}
+        levels = [str(c.difficulty) for c in current["contexts"]]
+        record = {"event": "decision", "step": step, "decision_step": step,
+                  "reveal_ratio": sum(ratios) / len(ratios), "reveal_ratios": ratios,
+                  "raw_reveal_ratio": sum(raw for raw, _ in current["draws"]) / len(ratios),
+                  "beta_mean": sum(current["beta_mean"]) / len(ratios),
+                  "reveal_ratio_by_difficulty": _means_by(levels, ratios),
+                  "beta_mean_by_difficulty": _means_by(levels, current["beta_mean"]),
+                  "difficulty": [c.difficulty for c in current["contexts"]],
+                  "correct": [c.correct for c in current["contexts"]]}
+        if current.get("bins") is not None:  # granularity="per_feature": the same per feature bin
+            bins = ["unknown" if b is None else str(b) for b in current["bins"]]
+            record.update(feature=self.cfg.feature, bins=current["bins"], reveal_ratio_by_bin=_means_by(bins, ratios),
+                          beta_mean_by_bin=_means_by(bins, current["beta_mean"]))
+        return record
 
     def state_dict(self) -> dict:
         return {"kind": self.kind, "granularity": self.cfg.granularity,
