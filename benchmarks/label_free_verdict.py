@@ -7,7 +7,8 @@ from each world's contrasts.json (`benchmarks/contrasts.py`) exactly as the plan
     same seeds (void there if that gain is ≤ 0).
 
 The test passes when one world satisfies (A) and (C) (or (C) is void there) and the other satisfies (B). A world
-whose contrasts do not cover exactly the planned seeds is "incomplete", and so is the verdict:
+whose contrasts do not cover exactly the planned seeds, or a planned world not given, is "incomplete", and so is
+the verdict:
 
     python benchmarks/label_free_verdict.py toy1m=docs/figures/bench-label-free/toy1m/contrasts.json \
         t2=docs/figures/bench-label-free/t2/contrasts.json --out docs/figures/bench-label-free/verdict.json
@@ -23,6 +24,7 @@ from pathlib import Path
 from atesd import atomic
 
 PLANNED_SEEDS = ("9", "10", "11", "12", "13", "14")
+PLANNED_WORLDS = ("toy1m", "t2")  # toy:toy-1m and toy:toy-1m-top-down, the bench folders' tags
 SHARE_OF_ORACLE = 0.6
 
 
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--oracle", default="by-divergence")
     parser.add_argument("--reference", default="opsd")
     parser.add_argument("--seeds", default=",".join(PLANNED_SEEDS), help="the planned seeds, comma-separated")
+    parser.add_argument("--planned-worlds", default=",".join(PLANNED_WORLDS),
+                        help="the worlds the plan names, comma-separated; one not given leaves the verdict incomplete")
     parser.add_argument("--out", help="write the verdict as JSON here")
     args = parser.parse_args(argv)
     seeds = tuple(s.strip() for s in args.seeds.split(","))
@@ -79,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         learned = find(contrasts, args.learned, args.reference, path)
         oracle = find(contrasts, args.oracle, args.reference, path)
         worlds[name] = {"contrasts": path, **world_criteria(learned, oracle, seeds)}
+    for name in args.planned_worlds.split(","):
+        worlds.setdefault(name, {"contrasts": None, "status": "incomplete", "seeds_in": [], "seeds_planned": list(seeds)})
     result = {"learned": args.learned, "oracle": args.oracle, "reference": args.reference, "seeds": list(seeds),
               "share_of_oracle_required": SHARE_OF_ORACLE, **verdict(worlds)}
     for name, w in worlds.items():
