@@ -40,8 +40,8 @@ def find(contrasts: dict, method: str, reference: str, source: str) -> dict:
 
 def world_criteria(learned: dict, oracle: dict, seeds: tuple[str, ...] = PLANNED_SEEDS) -> dict:
     """Criteria (A), (B) and (C) on one world, from its learned − OPSD and oracle − OPSD rows."""
-    covered = sorted(set(learned["by_seed"]) & set(oracle["by_seed"]), key=int)
-    if sorted(learned["by_seed"], key=int) != sorted(seeds, key=int) or sorted(oracle["by_seed"], key=int) != sorted(seeds, key=int):
+    if not set(learned["by_seed"]) == set(oracle["by_seed"]) == set(seeds):
+        covered = sorted(set(learned["by_seed"]) & set(oracle["by_seed"]), key=int)
         return {"status": "incomplete", "seeds_in": covered, "seeds_planned": list(seeds)}
     mean, se, gain = learned["seed_mean"], learned["seed_se"], oracle["seed_mean"]
     c_void = gain <= 0

@@ -51,24 +51,28 @@ def test_a_missing_contrast_is_named_with_its_file():
         find({"contrasts": []}, "x", "opsd", "c.json")
 
 
-def test_cli_on_the_committed_oracle_contrasts(tmp_path):
-    contrasts = REPO / "docs" / "figures" / "bench-label-free-oracles" / "contrasts.json"
+ORACLE_CONTRASTS = REPO / "docs" / "figures" / "bench-label-free-oracles" / "contrasts.json"
+
+
+def run_verdict(tmp_path, *args) -> tuple[dict, str]:
+    """The CLI on real contrasts.json files: its verdict.json and its printed lines."""
     out = tmp_path / "verdict.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "label_free_verdict.py"), f"toy1m={contrasts}",
-                           "--learned", "by-confidence", "--oracle", "by-divergence", "--seeds", "0,1,2", "--planned-worlds", "toy1m", "--out", str(out)],
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "label_free_verdict.py"), *args, "--out", str(out)],
                           capture_output=True, text=True, check=True)
-    world = json.loads(out.read_text())["worlds"]["toy1m"]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_cli_on_the_committed_oracle_contrasts(tmp_path):
+    result, stdout = run_verdict(tmp_path, f"toy1m={ORACLE_CONTRASTS}", "--learned", "by-confidence", "--oracle",
+                                 "by-divergence", "--seeds", "0,1,2", "--planned-worlds", "toy1m")
+    world = result["worlds"]["toy1m"]
     assert round(world["learned_minus_opsd"], 2) == 0.91 and round(world["oracle_minus_opsd"], 2) == 1.08
-    assert world["A"] and world["C"] and "outcome: pass" in proc.stdout
+    assert world["A"] and world["C"] and "outcome: pass" in stdout
 
 
 def test_cli_leaves_the_verdict_incomplete_while_a_planned_world_is_missing(tmp_path):
-    contrasts = REPO / "docs" / "figures" / "bench-label-free-oracles" / "contrasts.json"
-    out = tmp_path / "verdict.json"
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "label_free_verdict.py"), f"toy1m={contrasts}",
-                    "--learned", "by-confidence", "--oracle", "by-divergence", "--seeds", "0,1,2", "--out", str(out)],
-                   capture_output=True, text=True, check=True)
-    result = json.loads(out.read_text())
+    result, _ = run_verdict(tmp_path, f"toy1m={ORACLE_CONTRASTS}", "--learned", "by-confidence", "--oracle",
+                            "by-divergence", "--seeds", "0,1,2")
     assert result["outcome"] == "incomplete" and result["worlds"]["t2"]["status"] == "incomplete"
     assert result["worlds"]["toy1m"]["A"]
 
@@ -79,10 +83,7 @@ def test_the_committed_toy1m_half_recomputes_as_the_docs_quote_it(tmp_path):
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "contrasts.py"), str(bench),
                     "atesd-per-feature-divergence:opsd", "by-divergence:opsd", "--out", str(contrasts)],
                    capture_output=True, text=True, check=True)
-    out = tmp_path / "verdict.json"
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "label_free_verdict.py"), f"toy1m={contrasts}",
-                    "--out", str(out)], capture_output=True, text=True, check=True)
-    result = json.loads(out.read_text())
+    result, _ = run_verdict(tmp_path, f"toy1m={contrasts}")
     toy1m = result["worlds"]["toy1m"]
     assert toy1m["status"] == "complete" and round(toy1m["learned_minus_opsd"], 2) == 1.03
     assert round(toy1m["seed_se"], 2) == 0.24 and round(toy1m["oracle_minus_opsd"], 2) == 1.01
