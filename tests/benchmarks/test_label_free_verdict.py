@@ -77,14 +77,21 @@ def test_cli_leaves_the_verdict_incomplete_while_a_planned_world_is_missing(tmp_
     assert result["worlds"]["toy1m"]["A"]
 
 
-def test_the_committed_toy1m_half_recomputes_as_the_docs_quote_it(tmp_path):
-    bench = REPO / "docs" / "figures" / "bench-label-free" / "toy1m" / "bench.json"
-    contrasts = tmp_path / "contrasts.json"
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "contrasts.py"), str(bench),
-                    "atesd-per-feature-divergence:opsd", "by-divergence:opsd", "--out", str(contrasts)],
-                   capture_output=True, text=True, check=True)
-    result, _ = run_verdict(tmp_path, f"toy1m={contrasts}")
-    toy1m = result["worlds"]["toy1m"]
-    assert toy1m["status"] == "complete" and round(toy1m["learned_minus_opsd"], 2) == 1.03
-    assert round(toy1m["seed_se"], 2) == 0.24 and round(toy1m["oracle_minus_opsd"], 2) == 1.01
-    assert toy1m["A"] and toy1m["C"] and result["outcome"] == "incomplete"
+def test_the_committed_test_recomputes_from_both_worlds_bench_json_and_fails_as_the_docs_say(tmp_path):
+    worlds = {}
+    for tag in ("toy1m", "t2"):
+        bench = REPO / "docs" / "figures" / "bench-label-free" / tag / "bench.json"
+        worlds[tag] = tmp_path / f"{tag}-contrasts.json"
+        subprocess.run([sys.executable, str(REPO / "benchmarks" / "contrasts.py"), str(bench),
+                        "atesd-per-feature-divergence:opsd", "by-divergence:opsd", "--out", str(worlds[tag])],
+                       capture_output=True, text=True, check=True)
+    result, stdout = run_verdict(tmp_path, *(f"{tag}={path}" for tag, path in worlds.items()))
+    toy1m, t2 = result["worlds"]["toy1m"], result["worlds"]["t2"]
+    assert toy1m["status"] == t2["status"] == "complete"
+    assert round(toy1m["learned_minus_opsd"], 2) == 1.03 and round(toy1m["seed_se"], 2) == 0.24
+    assert round(toy1m["oracle_minus_opsd"], 2) == 1.01 and toy1m["A"] and toy1m["C"]
+    assert round(t2["learned_minus_opsd"], 2) == -0.33 and round(t2["seed_se"], 2) == 0.31
+    assert round(t2["oracle_minus_opsd"], 2) == 0.54 and not t2["A"] and not t2["B"]
+    assert result["outcome"] == "fail" and "outcome: fail" in stdout
+    committed = json.loads((REPO / "docs" / "figures" / "bench-label-free" / "verdict.json").read_text())
+    assert committed["outcome"] == "fail"
