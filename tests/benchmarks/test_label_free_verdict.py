@@ -93,5 +93,7 @@ def test_the_committed_test_recomputes_from_both_worlds_bench_json_and_fails_as_
     assert round(t2["learned_minus_opsd"], 2) == -0.33 and round(t2["seed_se"], 2) == 0.31
     assert round(t2["oracle_minus_opsd"], 2) == 0.54 and not t2["A"] and not t2["B"]
     assert result["outcome"] == "fail" and "outcome: fail" in stdout
+    half, _ = run_verdict(tmp_path, f"toy1m={worlds['toy1m']}")
+    assert half["worlds"]["toy1m"]["A"] and half["outcome"] == "incomplete"
     committed = json.loads((REPO / "docs" / "figures" / "bench-label-free" / "verdict.json").read_text())
     assert committed["outcome"] == "fail"
